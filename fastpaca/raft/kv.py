@@ -1,0 +1,202 @@
+"""The node's one key-value store, and the write batch every iteration fills.
+
+One LevelDB per node holds the Raft logs of every group and the applied state
+of every group's state machine, told apart by key prefix (see ``leveldb.py``
+and ``store/keys.py``). ``KV`` is the small interface both sit on;
+``LevelDBKV`` is the production implementation and ``MemoryKV`` a sorted
+in-memory one for tests and the simulator.
+
+A :class:`WriteBatch` gathers everything one driver iteration writes (log
+entries, hard states, applied state) so it lands in one atomic, synced write.
+It is readable before it is written (read-your-writes), which is how the state
+machine applies several entries in one iteration that touch the same keys.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import plyvel
+
+__all__ = ["KV", "KVView", "LevelDBKV", "MemoryKV", "WriteBatch"]
+
+_DELETED = None
+
+
+class KVView(Protocol):
+    """A read-only, consistent view: the live store or a point-in-time snapshot."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def iterate(
+        self, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with ``start <= key < stop`` in key order (or reversed)."""
+        ...
+
+
+class KV(KVView, Protocol):
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        """Apply ``batch`` atomically; with ``sync`` it is durable on return."""
+        ...
+
+    def snapshot(self) -> KVView:
+        """A consistent view that later writes do not change. Release it by
+        dropping every reference (LevelDB) — keep it short-lived."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WriteBatch:
+    """Pending puts and deletes over a ``KV``; ``get`` sees them first."""
+
+    __slots__ = ("_kv", "_pending")
+
+    def __init__(self, kv: KVView) -> None:
+        self._kv = kv
+        self._pending: dict[bytes, bytes | None] = {}
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._pending[key] = _DELETED
+
+    def delete_range(self, start: bytes, stop: bytes) -> None:
+        """Delete every key in ``[start, stop)``, stored or pending."""
+        for key, _ in self._kv.iterate(start, stop):
+            self._pending[key] = _DELETED
+        for key in [k for k in self._pending if start <= k < stop]:
+            self._pending[key] = _DELETED
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._pending:
+            return self._pending[key]
+        return self._kv.get(key)
+
+    def iterate(
+        self, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Merged view of stored and pending pairs in ``[start, stop)``."""
+        merged: dict[bytes, bytes | None] = dict(self._kv.iterate(start, stop))
+        for key, value in self._pending.items():
+            if start <= key < stop:
+                merged[key] = value
+        for key in sorted(merged, reverse=reverse):
+            value = merged[key]
+            if value is not None:
+                yield key, value
+
+    def items(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """Pending operations; ``None`` means delete."""
+        return iter(self._pending.items())
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+
+class LevelDBKV:
+    """``KV`` over one plyvel database directory."""
+
+    def __init__(self, path: str, *, create_if_missing: bool = True) -> None:
+        self._db: Any = plyvel.DB(
+            path,
+            create_if_missing=create_if_missing,
+            paranoid_checks=True,
+            write_buffer_size=16 * 1024 * 1024,
+            lru_cache_size=32 * 1024 * 1024,
+        )
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def iterate(
+        self, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return _plyvel_range(self._db, start, stop, reverse)
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        with self._db.write_batch(sync=sync) as wb:
+            for key, value in batch.items():
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+
+    def snapshot(self) -> KVView:
+        return _LevelDBSnapshot(self._db.snapshot())
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _LevelDBSnapshot:
+    __slots__ = ("_snap",)
+
+    def __init__(self, snap: Any) -> None:
+        self._snap = snap
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._snap.get(key)
+        return value
+
+    def iterate(
+        self, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return _plyvel_range(self._snap, start, stop, reverse)
+
+
+def _plyvel_range(
+    source: Any, start: bytes, stop: bytes, reverse: bool
+) -> Iterator[tuple[bytes, bytes]]:
+    with source.iterator(start=start, stop=stop, reverse=reverse) as it:
+        yield from it
+
+
+class MemoryKV:
+    """Sorted in-memory ``KV``. ``write`` ignores ``sync``: durability is what
+    the simulator's disk model decides, not this class."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._keys: list[bytes] = []
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def iterate(
+        self, start: bytes, stop: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        lo = bisect.bisect_left(self._keys, start)
+        hi = bisect.bisect_left(self._keys, stop)
+        keys = self._keys[lo:hi]
+        if reverse:
+            keys.reverse()
+        data = self._data
+        return iter([(k, data[k]) for k in keys])
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        for key, value in batch.items():
+            if value is None:
+                if self._data.pop(key, None) is not None:
+                    del self._keys[bisect.bisect_left(self._keys, key)]
+            else:
+                if key not in self._data:
+                    bisect.insort(self._keys, key)
+                self._data[key] = value
+
+    def snapshot(self) -> KVView:
+        frozen = MemoryKV()
+        frozen._data = dict(self._data)
+        frozen._keys = list(self._keys)
+        return frozen
+
+    def close(self) -> None:
+        pass
