@@ -1,0 +1,49 @@
+# fastpaca — developer entry points.
+#   make run    install into .venv and start one node on embedded defaults
+#   make test   install what the tests need and run them all
+#   make lint   ruff + mypy
+#   make bench  benchmarks (print throughput / latency / memory figures)
+#   make soak   long simulation and fault runs
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+# How many simulator seeds `make test` runs; `make soak` runs many more.
+SIM_SEEDS ?= 200
+SOAK_SIM_SEEDS ?= 5000
+
+.PHONY: run test lint bench soak install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[test,bench]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	FASTPACA_RAFT_DATA_DIR=$${FASTPACA_RAFT_DATA_DIR:-priv/raft} $(VENV)/bin/fastpaca serve
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SIM_SEEDS) tests
+
+lint: install
+	$(VENV)/bin/ruff check fastpaca tests bench
+	$(VENV)/bin/ruff format --check fastpaca tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/raft_bench.py
+	$(PY) bench/http_bench.py
+
+soak: install
+	$(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SOAK_SIM_SEEDS) tests/sim
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
