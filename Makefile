@@ -15,7 +15,23 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIM_SEEDS ?= 200
 SOAK_SIM_SEEDS ?= 5000
 
-.PHONY: run test lint bench soak install clean
+.PHONY: run test lint bench soak install clean system-deps
+
+# Programs the tests run outside Python, from Debian's packages: a DNS server
+# for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
+# tests. Installed only when missing; tests start their own throwaway
+# instances on free loopback ports and never use the machine's services.
+SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server
+system-deps:
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +46,7 @@ install: $(STAMP)
 run: install
 	FASTPACA_RAFT_DATA_DIR=$${FASTPACA_RAFT_DATA_DIR:-priv/raft} $(VENV)/bin/fastpaca serve
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SIM_SEEDS) tests
 
 lint: install
