@@ -1,0 +1,513 @@
+"""One group's stable Raft log over the node's shared KV (LevelDB in production).
+
+``LevelDBStorage`` implements the read side the core uses (``LogStorage``) and
+the write side the host uses: ``stage_*`` methods put records into the
+iteration's ``WriteBatch``; ``on_written`` moves the in-memory view (first and
+last index, hard state, membership, a bounded cache of recent entries) forward
+only once that batch is durably written, and ``on_write_failed`` forgets what
+was staged. It never writes to the KV itself and never decides *what* to
+write: that is the core's Ready, handed over by ``host.py``.
+
+Key layout (every integer fixed-width big-endian, so byte order = numeric order)::
+
+    b"r" + group:u16 + b"c"                 conf state (membership last applied)
+    b"r" + group:u16 + b"e" + index:u64     log entry
+    b"r" + group:u16 + b"h"                 hard state (term, vote, commit)
+    b"r" + group:u16 + b"s"                 snapshot meta (the compacted log's base)
+    b"r" + group:u16 + b"x" + seq:u32       incoming snapshot chunk being staged
+
+The state machine owns prefix ``b"s" + group:u16``; nothing here touches it.
+
+Every record is ``version:u8 | crc32:u32 | body``. An entry's CRC also covers
+its index (so a record copied under the wrong key is caught); its body is
+``term:u64 | type:u8 | data``. A record that fails its checksum, has an
+unknown version or is truncated raises ``CorruptLogError(group, index, ...)``:
+it is never returned, so it can never be applied.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from fastpaca.errors import CorruptLogError
+from fastpaca.raft.kv import KVView, WriteBatch
+from fastpaca.raft.messages import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from fastpaca.raft.storage import CompactedError, UnavailableError
+
+__all__ = ["LevelDBStorage", "group_prefix", "staging_key"]
+
+_FORMAT_VERSION = 1
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_RECORD_HEAD = struct.Struct(">BI")  # version, crc32
+_ENTRY_HEAD = struct.Struct(">BIQB")  # version, crc32, term, type
+_HARD_STATE = struct.Struct(">QQ")  # term, commit (+ vote bytes)
+_SNAPSHOT_HEAD = struct.Struct(">QQ")  # index, term (+ conf state)
+_MAX_INDEX = (1 << 64) - 1
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+_T = TypeVar("_T")
+
+
+def group_prefix(group_id: int) -> bytes:
+    """Every raft key of ``group_id`` starts with this."""
+    return b"r" + _U16.pack(group_id)
+
+
+def staging_key(group_id: int, seq: int) -> bytes:
+    """Key of chunk ``seq`` of the snapshot ``group_id`` is receiving."""
+    return group_prefix(group_id) + b"x" + _U32.pack(seq)
+
+
+def _entry_key(prefix: bytes, index: int) -> bytes:
+    return prefix + b"e" + _U64.pack(index)
+
+
+# --- record encoding -------------------------------------------------------------
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The stored record of ``entry`` (its key carries the index)."""
+    body_tail = _ENTRY_HEAD.pack(0, 0, entry.term, entry.type)[5:] + entry.data
+    crc = zlib.crc32(body_tail, zlib.crc32(_U64.pack(entry.index)))
+    return _RECORD_HEAD.pack(_FORMAT_VERSION, crc) + body_tail
+
+
+def decode_entry(group_id: int, index: int, record: bytes) -> Entry:
+    if len(record) < _ENTRY_HEAD.size:
+        raise CorruptLogError(group_id, index, f"truncated entry record ({len(record)} bytes)")
+    version, crc, term, type_code = _ENTRY_HEAD.unpack_from(record)
+    if version != _FORMAT_VERSION:
+        raise CorruptLogError(group_id, index, f"unknown record version {version}")
+    body_tail = memoryview(record)[5:]
+    if zlib.crc32(body_tail, zlib.crc32(_U64.pack(index))) != crc:
+        raise CorruptLogError(group_id, index, "entry checksum mismatch")
+    entry_type = _ENTRY_TYPES.get(type_code)
+    if entry_type is None:
+        raise CorruptLogError(group_id, index, f"unknown entry type {type_code}")
+    return Entry(index=index, term=term, type=entry_type, data=record[_ENTRY_HEAD.size :])
+
+
+def _seal(body: bytes) -> bytes:
+    return _RECORD_HEAD.pack(_FORMAT_VERSION, zlib.crc32(body)) + body
+
+
+def _unseal(group_id: int, what: str, record: bytes) -> memoryview:
+    if len(record) < _RECORD_HEAD.size:
+        raise CorruptLogError(group_id, 0, f"truncated {what} record")
+    version, crc = _RECORD_HEAD.unpack_from(record)
+    if version != _FORMAT_VERSION:
+        raise CorruptLogError(group_id, 0, f"unknown {what} record version {version}")
+    body = memoryview(record)[_RECORD_HEAD.size :]
+    if zlib.crc32(body) != crc:
+        raise CorruptLogError(group_id, 0, f"{what} checksum mismatch")
+    return body
+
+
+def _pack_names(names: tuple[str, ...]) -> bytes:
+    parts = [_U16.pack(len(names))]
+    for name in names:
+        raw = name.encode()
+        parts.append(_U16.pack(len(raw)) + raw)
+    return b"".join(parts)
+
+
+def _unpack_names(body: memoryview, offset: int) -> tuple[tuple[str, ...], int]:
+    (count,) = _U16.unpack_from(body, offset)
+    offset += 2
+    names = []
+    for _ in range(count):
+        (size,) = _U16.unpack_from(body, offset)
+        offset += 2
+        if offset + size > len(body):
+            raise struct.error("name runs past the record")
+        names.append(bytes(body[offset : offset + size]).decode())
+        offset += size
+    return tuple(names), offset
+
+
+def _pack_conf_state(cs: ConfState) -> bytes:
+    return _pack_names(cs.voters) + _pack_names(cs.learners)
+
+
+def _unpack_conf_state(body: memoryview, offset: int) -> tuple[ConfState, int]:
+    voters, offset = _unpack_names(body, offset)
+    learners, offset = _unpack_names(body, offset)
+    return ConfState(voters=voters, learners=learners), offset
+
+
+def _parse_record(
+    group_id: int, what: str, record: bytes, parse: Callable[[memoryview], tuple[_T, int]]
+) -> _T:
+    body = _unseal(group_id, what, record)
+    try:
+        value, end = parse(body)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CorruptLogError(group_id, 0, f"malformed {what} record: {exc}") from exc
+    if end != len(body):
+        raise CorruptLogError(group_id, 0, f"trailing bytes in {what} record")
+    return value
+
+
+def encode_hard_state(hs: HardState) -> bytes:
+    vote = b"" if hs.vote is None else hs.vote.encode()
+    return _seal(_HARD_STATE.pack(hs.term, hs.commit) + _U16.pack(len(vote)) + vote)
+
+
+def _parse_hard_state(body: memoryview) -> tuple[HardState, int]:
+    term, commit = _HARD_STATE.unpack_from(body)
+    (size,) = _U16.unpack_from(body, _HARD_STATE.size)
+    start = _HARD_STATE.size + 2
+    if start + size > len(body):
+        raise struct.error("vote runs past the record")
+    vote = bytes(body[start : start + size]).decode() if size else None
+    return HardState(term=term, vote=vote, commit=commit), start + size
+
+
+def encode_conf_state(cs: ConfState) -> bytes:
+    return _seal(_pack_conf_state(cs))
+
+
+def _parse_conf_state(body: memoryview) -> tuple[ConfState, int]:
+    return _unpack_conf_state(body, 0)
+
+
+def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
+    return _seal(_SNAPSHOT_HEAD.pack(meta.index, meta.term) + _pack_conf_state(meta.conf_state))
+
+
+def _parse_snapshot_meta(body: memoryview) -> tuple[SnapshotMeta, int]:
+    index, term = _SNAPSHOT_HEAD.unpack_from(body)
+    conf_state, end = _unpack_conf_state(body, _SNAPSHOT_HEAD.size)
+    return SnapshotMeta(index=index, term=term, conf_state=conf_state), end
+
+
+# --- the storage -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What is durable: the log is ``[first_index, last_index]``."""
+
+    first_index: int
+    last_index: int
+    hard_state: HardState
+    conf_state: ConfState
+    snapshot: SnapshotMeta
+
+
+class LevelDBStorage:
+    """A group's log over a ``KV``. Build it with :meth:`open` (reads what is on
+    disk, empty for a new group). Reads answer from the durable view only; the
+    ``stage_*`` writes of one batch build on each other and become visible at
+    :meth:`on_written`. Not thread-safe: the host calls it from one thread."""
+
+    def __init__(
+        self,
+        kv: KVView,
+        group_id: int,
+        view: _View,
+        *,
+        cache_max_entries: int = 1024,
+        cache_max_bytes: int = 1 << 20,
+    ) -> None:
+        self._kv = kv
+        self._group_id = group_id
+        self._prefix = group_prefix(group_id)
+        self._view = view
+        self._staged: _View | None = None
+        self._on_commit: list[Callable[[], None]] = []
+        # Suffix of the durable log, so replication and term checks rarely
+        # read LevelDB: covers [_cache_first, last_index] (empty when
+        # _cache_first == last_index + 1). Bounded per group.
+        self._cache: list[Entry] = []
+        self._cache_first = view.last_index + 1
+        self._cache_bytes = 0
+        self._cache_max_entries = cache_max_entries
+        self._cache_max_bytes = cache_max_bytes
+
+    @classmethod
+    def open(cls, kv: KVView, group_id: int, *, cache_max_entries: int = 1024) -> LevelDBStorage:
+        """Rebuild the group's durable view from ``kv`` (after a restart or a
+        crash); an absent group yields an empty log. Checks that the log starts
+        right after the snapshot and that its newest entries verify."""
+        prefix = group_prefix(group_id)
+        hs = _load(kv, prefix + b"h", group_id, "hard state", _parse_hard_state, HardState())
+        cs = _load(kv, prefix + b"c", group_id, "conf state", _parse_conf_state, ConfState())
+        snap = _load(kv, prefix + b"s", group_id, "snapshot", _parse_snapshot_meta, SnapshotMeta())
+        first = snap.index + 1
+        last = snap.index
+        for key, _ in kv.iterate(_entry_key(prefix, first), _entry_key(prefix, _MAX_INDEX)):
+            if _U64.unpack_from(key, 4)[0] != first:
+                raise CorruptLogError(group_id, first, "log does not start after the snapshot")
+            break
+        for key, _ in kv.iterate(
+            _entry_key(prefix, first), _entry_key(prefix, _MAX_INDEX), reverse=True
+        ):
+            last = _U64.unpack_from(key, 4)[0]
+            break
+        view = _View(first, last, hs, cs, snap)
+        storage = cls(kv, group_id, view, cache_max_entries=cache_max_entries)
+        storage._warm_cache()
+        return storage
+
+    @staticmethod
+    def list_groups(kv: KVView) -> list[int]:
+        """Ids of every group with raft state in ``kv``, ascending. Skips from
+        group to group, so it costs one seek per group, not one per key."""
+        groups: list[int] = []
+        start = b"r"
+        while True:
+            found: bytes | None = None
+            for key, _ in kv.iterate(start, b"s"):
+                found = key
+                break
+            if found is None or len(found) < 3:
+                return groups
+            group_id = _U16.unpack_from(found, 1)[0]
+            groups.append(group_id)
+            if group_id == 0xFFFF:
+                return groups
+            start = group_prefix(group_id + 1)
+
+    @property
+    def group_id(self) -> int:
+        return self._group_id
+
+    # --- LogStorage (read side, durable view) ----------------------------------------
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._view.hard_state, self._view.conf_state
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._view.hard_state
+
+    @property
+    def conf_state(self) -> ConfState:
+        return self._view.conf_state
+
+    def first_index(self) -> int:
+        return self._view.first_index
+
+    def last_index(self) -> int:
+        return self._view.last_index
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self._view.snapshot
+
+    def term(self, index: int) -> int:
+        view = self._view
+        if index == view.snapshot.index:
+            return view.snapshot.term
+        if index < view.first_index:
+            raise CompactedError(f"group {self._group_id}: index {index} is compacted")
+        if index > view.last_index:
+            raise UnavailableError(f"group {self._group_id}: index {index} > {view.last_index}")
+        if index >= self._cache_first:
+            return self._cache[index - self._cache_first].term
+        return self._read_entry(index).term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        view = self._view
+        if lo < view.first_index:
+            raise CompactedError(f"group {self._group_id}: index {lo} is compacted")
+        if hi > view.last_index + 1:
+            raise UnavailableError(f"group {self._group_id}: index {hi - 1} > {view.last_index}")
+        if lo >= hi:
+            return []
+        if lo >= self._cache_first:
+            found = self._cache[lo - self._cache_first : hi - self._cache_first]
+        else:
+            found = list(self._read_range(lo, hi, max_bytes))
+        return found if max_bytes is None else _cut_to_bytes(found, max_bytes)
+
+    # --- write side: stage into a batch, commit the view once durable ---------------
+
+    def stage_append(self, batch: WriteBatch, entries: list[Entry]) -> None:
+        """Append ``entries`` (contiguous), first truncating every stored entry
+        at or after ``entries[0].index`` that they do not overwrite."""
+        if not entries:
+            return
+        view = self._staged or self._view
+        lo, hi = entries[0].index, entries[-1].index
+        if lo <= view.snapshot.index or lo > view.last_index + 1 or hi - lo + 1 != len(entries):
+            raise ValueError(
+                f"group {self._group_id}: cannot append [{lo}, {hi}] to log "
+                f"[{view.first_index}, {view.last_index}]"
+            )
+        prefix, put = self._prefix, batch.put
+        for entry in entries:
+            put(_entry_key(prefix, entry.index), encode_entry(entry))
+        for stale in range(hi + 1, view.last_index + 1):
+            batch.delete(_entry_key(prefix, stale))
+        self._staged = replace(view, last_index=hi)
+        appended = list(entries)
+        self._on_commit.append(lambda: self._cache_append(appended))
+
+    def stage_hard_state(self, batch: WriteBatch, hs: HardState) -> None:
+        batch.put(self._prefix + b"h", encode_hard_state(hs))
+        self._staged = replace(self._staged or self._view, hard_state=hs)
+
+    def stage_conf_state(self, batch: WriteBatch, cs: ConfState) -> None:
+        batch.put(self._prefix + b"c", encode_conf_state(cs))
+        self._staged = replace(self._staged or self._view, conf_state=cs)
+
+    def stage_snapshot(self, batch: WriteBatch, meta: SnapshotMeta) -> None:
+        """Install ``meta`` as the log's base: the whole log is dropped and the
+        membership becomes the snapshot's. The state machine's data is the
+        caller's business (same batch)."""
+        view = self._staged or self._view
+        prefix = self._prefix
+        batch.delete_range(_entry_key(prefix, 0), _entry_key(prefix, _MAX_INDEX))
+        batch.put(prefix + b"s", encode_snapshot_meta(meta))
+        batch.put(prefix + b"c", encode_conf_state(meta.conf_state))
+        self._staged = _View(meta.index + 1, meta.index, view.hard_state, meta.conf_state, meta)
+        self._on_commit.append(lambda: self._cache_reset(meta.index + 1))
+
+    def stage_compact(self, batch: WriteBatch, index: int) -> None:
+        """Drop entries ``<= index`` (which must be applied). The new base
+        records ``index``, its term and the current membership: a snapshot sent
+        from here is always the state machine's current state, never this."""
+        view = self._staged or self._view
+        if index <= view.snapshot.index:
+            return
+        if index > view.last_index:
+            raise ValueError(f"group {self._group_id}: compact {index} > last {view.last_index}")
+        record = batch.get(_entry_key(self._prefix, index))
+        if record is None:
+            raise CorruptLogError(self._group_id, index, "missing entry")
+        term = decode_entry(self._group_id, index, record).term
+        meta = SnapshotMeta(index=index, term=term, conf_state=view.conf_state)
+        for compacted in range(view.first_index, index + 1):
+            batch.delete(_entry_key(self._prefix, compacted))
+        batch.put(self._prefix + b"s", encode_snapshot_meta(meta))
+        self._staged = replace(view, first_index=index + 1, snapshot=meta)
+        self._on_commit.append(lambda: self._cache_drop_below(index + 1))
+
+    def stage_destroy(self, batch: WriteBatch) -> None:
+        """Delete every raft key of the group (it left this node)."""
+        batch.delete_range(self._prefix, self._prefix + b"\xff")
+        self._staged = _View(1, 0, HardState(), ConfState(), SnapshotMeta())
+        self._on_commit.append(lambda: self._cache_reset(1))
+
+    def on_written(self) -> None:
+        """The batch holding everything staged is durable: expose it."""
+        if self._staged is not None:
+            self._view = self._staged
+            self._staged = None
+        for commit in self._on_commit:
+            commit()
+        self._on_commit.clear()
+
+    def on_write_failed(self) -> None:
+        """The batch was not written: forget what was staged."""
+        self._staged = None
+        self._on_commit.clear()
+
+    # --- incoming snapshot chunks -----------------------------------------------------
+
+    def stage_incoming_chunk(self, batch: WriteBatch, seq: int, data: bytes) -> None:
+        batch.put(staging_key(self._group_id, seq), data)
+
+    def incoming_chunks(self, view: KVView, count: int) -> list[bytes] | None:
+        """The ``count`` staged chunks in order, or None when any is missing
+        (e.g. lost in a crash before they were synced)."""
+        start = staging_key(self._group_id, 0)
+        chunks = [value for _, value in view.iterate(start, staging_key(self._group_id, count))]
+        return chunks if len(chunks) == count else None
+
+    def stage_clear_incoming(self, batch: WriteBatch) -> None:
+        batch.delete_range(self._prefix + b"x", self._prefix + b"y")
+
+    # --- internals --------------------------------------------------------------------
+
+    def _read_entry(self, index: int) -> Entry:
+        record = self._kv.get(_entry_key(self._prefix, index))
+        if record is None:
+            raise CorruptLogError(self._group_id, index, "missing entry")
+        return decode_entry(self._group_id, index, record)
+
+    def _read_range(self, lo: int, hi: int, max_bytes: int | None) -> Iterator[Entry]:
+        expected, total = lo, 0
+        group_id, prefix = self._group_id, self._prefix
+        for key, record in self._kv.iterate(_entry_key(prefix, lo), _entry_key(prefix, hi)):
+            if _U64.unpack_from(key, 4)[0] != expected:
+                raise CorruptLogError(group_id, expected, "missing entry")
+            entry = decode_entry(group_id, expected, record)
+            yield entry
+            expected += 1
+            total += len(entry.data)
+            if max_bytes is not None and total >= max_bytes:
+                return
+        if expected != hi:
+            raise CorruptLogError(group_id, expected, "missing entry")
+
+    def _warm_cache(self) -> None:
+        view = self._view
+        lo = max(view.first_index, view.last_index + 1 - min(256, self._cache_max_entries))
+        if lo <= view.last_index:
+            self._cache_append(list(self._read_range(lo, view.last_index + 1, None)))
+
+    def _cache_append(self, entries: list[Entry]) -> None:
+        cache, lo = self._cache, entries[0].index
+        if lo < self._cache_first:
+            self._cache_reset(lo)
+        else:
+            cut = lo - self._cache_first
+            self._cache_bytes -= sum(len(e.data) for e in cache[cut:])
+            del cache[cut:]
+        cache.extend(entries)
+        self._cache_bytes += sum(len(e.data) for e in entries)
+        if len(cache) > self._cache_max_entries or self._cache_bytes > self._cache_max_bytes:
+            self._cache_trim()
+
+    def _cache_trim(self) -> None:
+        # Trim to 3/4 of both bounds so the O(n) front delete is amortized.
+        keep_entries = self._cache_max_entries * 3 // 4
+        keep_bytes = self._cache_max_bytes * 3 // 4
+        cache, cut = self._cache, 0
+        while cut < len(cache) and (
+            len(cache) - cut > keep_entries or self._cache_bytes > keep_bytes
+        ):
+            self._cache_bytes -= len(cache[cut].data)
+            cut += 1
+        del cache[:cut]
+        self._cache_first += cut
+
+    def _cache_drop_below(self, index: int) -> None:
+        if index > self._cache_first:
+            cut = min(index - self._cache_first, len(self._cache))
+            self._cache_bytes -= sum(len(e.data) for e in self._cache[:cut])
+            del self._cache[:cut]
+            self._cache_first += cut
+
+    def _cache_reset(self, first: int) -> None:
+        self._cache.clear()
+        self._cache_first = first
+        self._cache_bytes = 0
+
+
+def _load(
+    kv: KVView,
+    key: bytes,
+    group_id: int,
+    what: str,
+    parse: Callable[[memoryview], tuple[_T, int]],
+    default: _T,
+) -> _T:
+    record = kv.get(key)
+    return default if record is None else _parse_record(group_id, what, record, parse)
+
+
+def _cut_to_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    total = 0
+    for position, entry in enumerate(entries):
+        total += len(entry.data)
+        if total > max_bytes and position > 0:
+            return entries[:position]
+    return entries
