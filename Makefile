@@ -15,15 +15,18 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIM_SEEDS ?= 200
 SOAK_SIM_SEEDS ?= 5000
 
-.PHONY: run test lint bench soak install clean system-deps
+.PHONY: run test lint bench soak install clean system-deps bench-deps
 
 # Programs the tests run outside Python, from Debian's packages: a DNS server
 # for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
 # tests. Installed only when missing; tests start their own throwaway
 # instances on free loopback ports and never use the machine's services.
 SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server
-system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do \
+BENCH_DEPS  := wrk:wrk redis-server:redis-server
+
+# $(call apt_ensure,bin:package ...): apt-get install the packages whose binary is missing.
+define apt_ensure
+	@missing=""; for pair in $(1); do \
 	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
 	done; \
@@ -32,6 +35,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+system-deps:
+	$(call apt_ensure,$(SYSTEM_DEPS))
+
+bench-deps:
+	$(call apt_ensure,$(BENCH_DEPS))
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +64,7 @@ lint: install
 	$(VENV)/bin/ruff format --check fastpaca tests bench
 	$(VENV)/bin/mypy
 
-bench: install
+bench: install bench-deps
 	$(PY) bench/raft_bench.py
 	$(PY) bench/http_bench.py
 
