@@ -21,7 +21,7 @@ SOAK_SIM_SEEDS ?= 5000
 # for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
 # tests. Installed only when missing; tests start their own throwaway
 # instances on free loopback ports and never use the machine's services.
-SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server
+SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server systemd-analyze:systemd
 BENCH_DEPS  := wrk:wrk redis-server:redis-server
 
 # $(call apt_ensure,bin:package ...): apt-get install the packages whose binary is missing.
