@@ -1,0 +1,231 @@
+"""Log replication: commit, batching, pipelining, flow control, heartbeats, Ready."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastpaca.errors import NotLeader, ProposalDropped
+from fastpaca.raft.messages import Message, MessageType
+from fastpaca.raft.progress import ProgressState
+from tests.raft.harness import GROUP_ID, Network
+
+
+def appends(messages: list[Message], to: str | None = None) -> list[Message]:
+    return [m for m in messages if m.type is MessageType.APPEND and (to is None or m.to == to)]
+
+
+def test_proposals_replicate_commit_and_apply_everywhere_in_order() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    for i in range(20):
+        net["a"].propose(b"cmd-%d" % i)
+    net.stabilize()
+    expected = [b"cmd-%d" % i for i in range(20)]
+    for node_id in "abc":
+        assert net.applied_data(node_id) == expected
+        assert net[node_id].commit_index == net["a"].last_index
+        assert net[node_id].applied_index == net["a"].last_index
+
+
+def test_new_leader_appends_an_empty_entry_of_its_term() -> None:
+    net = Network(["a", "b", "c"])
+    leader = net.elect("a")
+    entry = leader.log_entries(leader.last_index, leader.last_index + 1)[0]
+    assert entry.term == leader.term and entry.data == b""
+    assert all(n.commit_index == entry.index for n in net.nodes)
+
+
+def test_batching_many_proposals_go_out_as_one_append_per_follower() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    for i in range(50):
+        net["a"].propose(b"p%d" % i)
+    assert not net.queue, "proposals must not send on their own"
+    rd = net.process_ready("a")
+    assert rd is not None
+    for follower in ("b", "c"):
+        sent = appends(rd.messages, follower)
+        assert len(sent) == 1
+        assert [e.data for e in sent[0].entries] == [b"p%d" % i for i in range(50)]
+    assert len(rd.entries) == 50 and rd.must_sync
+
+
+def test_append_messages_are_capped_by_max_msg_bytes() -> None:
+    net = Network(["a", "b", "c"], max_msg_bytes=250)
+    net.elect("a")
+    for _ in range(10):
+        net["a"].propose(b"x" * 100)
+    rd = net.process_ready("a")
+    assert rd is not None
+    sizes = [len(m.entries) for m in appends(rd.messages, "b")]
+    assert sizes == [2, 2, 2, 2, 2]  # 200 bytes each; a third entry would exceed 250
+    net.stabilize()
+    assert len(net.applied_data("b")) == 10
+
+
+def test_single_entry_larger_than_max_msg_bytes_still_goes() -> None:
+    net = Network(["a", "b"], max_msg_bytes=10)
+    net.elect("a")
+    net["a"].propose(b"y" * 100)
+    net.stabilize()
+    assert net.applied_data("b") == [b"y" * 100]
+
+
+def test_pipelining_stops_at_the_inflight_window_and_resumes_on_acks() -> None:
+    net = Network(["a", "b"], max_msg_bytes=1, max_inflight_msgs=3)
+    net.elect("a")
+    for i in range(10):
+        net["a"].propose(b"%d" % i)
+    rd = net.process_ready("a")
+    assert rd is not None
+    assert len(appends(rd.messages, "b")) == 3, "window of 3 APPENDs in flight"
+    progress = net["a"].progress("b")
+    assert progress is not None and progress.state is ProgressState.REPLICATE
+    assert progress.inflights.is_full()
+    net.deliver()  # b gets 3 APPENDs
+    net.process_ready("b")  # b acks all three
+    net.deliver()  # each ack frees a slot that a refills at once
+    rd = net.process_ready("a")
+    assert rd is not None and len(appends(rd.messages, "b")) == 3
+    net.stabilize()
+    assert net.applied_data("b") == [b"%d" % i for i in range(10)]
+
+
+def test_probing_follower_gets_one_append_at_a_time() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    for i in range(5):
+        net["a"].propose(b"%d" % i)
+        net.stabilize()
+    net["a"].report_unreachable("c")
+    progress = net["a"].progress("c")
+    assert progress is not None and progress.state is ProgressState.PROBE
+    net["a"].propose(b"more")
+    rd = net.process_ready("a")
+    assert rd is not None
+    assert len(appends(rd.messages, "c")) == 1
+    assert progress.probe_sent
+    net["a"].propose(b"even more")
+    rd = net.process_ready("a")
+    assert rd is not None and not appends(rd.messages, "c"), "paused while probing"
+    net.heal()
+    net.tick(2)
+    assert net.applied_data("c") == net.applied_data("a")
+
+
+def test_heartbeat_commit_never_exceeds_follower_match() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    net["a"].propose(b"only-on-a-and-b")
+    net.stabilize()
+    net.heal()
+    net["a"].tick()
+    rd = net.process_ready("a")
+    assert rd is not None
+    beats = {m.to: m for m in rd.messages if m.type is MessageType.HEARTBEAT}
+    progress_c = net["a"].progress("c")
+    assert progress_c is not None
+    assert beats["b"].commit == net["a"].commit_index
+    assert beats["c"].commit == progress_c.match < net["a"].commit_index
+
+
+def test_heartbeat_response_from_lagging_follower_triggers_entries() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.isolate("c")
+    net["a"].propose(b"missed")
+    net.stabilize()
+    net.heal()
+    net.tick(1)  # heartbeat → c answers → a sends what c lacks
+    assert net.applied_data("c") == [b"missed"]
+
+
+def test_leader_counts_its_own_entry_only_after_persisting_it() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    index, _ = net["a"].propose(b"v")
+    rd = net["a"].ready()  # taken, not yet persisted / advanced
+    net.queue.extend(rd.messages)
+    net.deliver(only=lambda m: m.to == "b")
+    net.process_ready("b")
+    net.deliver(only=lambda m: m.to == "a")
+    assert net["a"].commit_index < index, "a's unpersisted copy must not count"
+    net.replicas["a"].storage.append(rd.entries)
+    net["a"].advance(rd)
+    assert net["a"].commit_index == index
+
+
+def test_single_voter_commits_only_after_advance() -> None:
+    net = Network(["a"])
+    net.elect("a")
+    index, _ = net["a"].propose(b"v")
+    rd = net["a"].ready()
+    assert not rd.committed_entries and net["a"].commit_index < index
+    net.replicas["a"].storage.append(rd.entries)
+    net["a"].advance(rd)
+    rd = net["a"].ready()
+    assert [e.index for e in rd.committed_entries] == [index]
+    assert rd.hard_state is not None and rd.hard_state.commit == index
+    assert not rd.must_sync, "a commit-only change needs no fsync"
+
+
+def test_follower_applies_entries_persisted_in_the_same_ready() -> None:
+    net = Network(["a", "b"])
+    net.elect("a")
+    net["a"].propose(b"one")
+    net.process_ready("a")
+    net.deliver()
+    net.process_ready("b")
+    net.deliver()  # a commits on b's ack
+    net.process_all()  # a broadcasts the commit
+    net["a"].propose(b"two")
+    net.process_ready("a")  # APPEND of "two" carries commit of "one"
+    net.deliver()
+    rd = net.process_ready("b")
+    assert rd is not None
+    assert [e.data for e in rd.entries] == [b"two"]
+    assert [e.data for e in rd.committed_entries] == [b"one"]
+
+
+def test_committed_entries_per_ready_are_capped() -> None:
+    net = Network(["a"])
+    net.elect("a")
+    for _ in range(10):
+        net["a"].propose(b"z" * (1 << 20))
+    net.process_ready("a")
+    rd = net.process_ready("a")
+    assert rd is not None and 0 < len(rd.committed_entries) < 10
+    net.stabilize()
+    assert len(net.applied_data("a")) == 10
+
+
+def test_proposal_on_follower_raises_not_leader_with_hint() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    with pytest.raises(NotLeader) as caught:
+        net["b"].propose(b"x")
+    assert caught.value.leader_hint == "a" and caught.value.group_id == GROUP_ID
+
+
+def test_uncommitted_bytes_cap_drops_proposals_until_commit() -> None:
+    net = Network(["a", "b", "c"], max_uncommitted_bytes=1000)
+    net.elect("a")
+    net.isolate("a")
+    net["a"].propose(b"q" * 600)
+    with pytest.raises(ProposalDropped):
+        net["a"].propose(b"q" * 600)
+    net.heal()
+    net.stabilize()
+    net["a"].propose(b"q" * 600)  # the first one committed and applied: room again
+
+
+def test_hard_state_and_must_sync_for_votes() -> None:
+    net = Network(["a", "b", "c"], pre_vote=False)
+    net["a"].campaign()
+    rd = net["a"].ready()
+    assert rd.hard_state is not None
+    assert rd.hard_state.term == 1 and rd.hard_state.vote == "a"
+    assert rd.must_sync
+    assert rd.soft_state is not None
