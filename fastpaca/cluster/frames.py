@@ -26,9 +26,7 @@ class MalformedFrame(Exception):
     """Raised when a websocket message does not split into whole records."""
 
 
-def take_records(
-    queue: deque[tuple[int, bytes]], frame_bytes_max: int
-) -> tuple[bytes, int, int]:
+def take_records(queue: deque[tuple[int, bytes]], frame_bytes_max: int) -> tuple[bytes, int, int]:
     """Pop records from the front of ``queue`` into one message.
 
     Takes at least one record (a payload bigger than ``frame_bytes_max`` goes

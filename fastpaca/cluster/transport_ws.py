@@ -1,0 +1,558 @@
+"""The peer transport over websockets: one authenticated connection per peer.
+
+Owns the node-to-node connections on ``/internal/cluster`` of each node's own
+HTTP port: dialing peers (with capped, jittered exponential backoff), the
+server route, the mutual HMAC handshake (bytes in ``auth.py``), per-peer
+bounded send queues and one writer per connection that coalesces them into as
+few websocket messages as possible (layout in ``frames.py``), inbound dispatch
+by channel, peer up/down callbacks and counters. It implements
+``fastpaca.raft.transport.Transport`` and knows nothing of what the payloads
+mean; it never retries a payload (Raft tolerates loss).
+
+Wiring::
+
+    transport = WebSocketTransport(node_id="n1", secret=b"...", peers={"n2": ("10.0.0.2", 4000)})
+    add_cluster_route(app, transport)      # on the service's aiohttp Application
+    await transport.start()                # dials peers; call stop() before the runner's cleanup
+
+Duplicate connections. Every node dials every peer it knows of and has no
+connection to, so a pair can end up with two connections (both dialed at
+once), or with a stale one (the peer restarted before we noticed). The rule,
+applied identically on both ends when a second connection to the same peer
+authenticates: the new connection replaces the existing one, *except* when the
+existing one was dialed by the lower node id of the pair and is younger than
+``duplicate_window_s`` — then the new one is refused. Within a simultaneous
+dial both ends therefore keep the connection dialed by the lower id; outside
+that window a new connection means the peer lost the old one, so it wins.
+Replacing a connection moves its queued payloads over and fires no up/down
+callbacks. A node accepts any peer that proves the secret, even one missing
+from its peer map (discovery may lag on either side); ``set_peers`` decides
+whom we dial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from fastpaca.cluster import auth
+from fastpaca.cluster.frames import MalformedFrame, decode_records, take_records
+from fastpaca.cluster.transport_stats import PeerStats, TransportConfig, TransportStats
+from fastpaca.raft.transport import FrameHandler, PeerStateHandler
+
+__all__ = [
+    "CLUSTER_PATH",
+    "PeerStats",
+    "TransportConfig",
+    "TransportStats",
+    "WebSocketTransport",
+    "add_cluster_route",
+]
+
+CLUSTER_PATH: Final = "/internal/cluster"
+
+_log = logging.getLogger(__name__)
+
+# Websocket close codes (4000-4999 are for applications).
+_CLOSE_GOING_AWAY: Final = 1001
+_CLOSE_MALFORMED: Final = 4400
+_CLOSE_AUTH_FAILED: Final = 4401
+_CLOSE_DUPLICATE: Final = 4409
+_CLOSE_SUPERSEDED: Final = 4410
+
+
+class _Socket(Protocol):
+    """What both aiohttp websocket classes (server and client side) offer."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+class _Refused(Exception):
+    """The peer closed the connection during our handshake (``code`` says why)."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(f"peer closed the handshake (code {code})")
+        self.code = code
+
+
+class _Link:
+    """One authenticated connection to a peer and its send queue."""
+
+    __slots__ = (
+        "closed",
+        "established_at",
+        "initiator",
+        "peer_id",
+        "queue",
+        "queue_bytes",
+        "superseded",
+        "wake",
+        "ws",
+    )
+
+    def __init__(self, peer_id: str, initiator: str, ws: _Socket) -> None:
+        self.peer_id = peer_id
+        self.initiator = initiator
+        self.ws = ws
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.queue_bytes = 0
+        self.wake = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.superseded = False
+        self.established_at = time.monotonic()
+
+
+class WebSocketTransport:
+    """``Transport`` over one websocket per peer; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        secret: bytes,
+        peers: Mapping[str, tuple[str, int]] | None = None,
+        config: TransportConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not secret:
+            raise ValueError("the cluster secret must not be empty")
+        self._node_id = node_id
+        self._secret = secret
+        self._config = config or TransportConfig()
+        self._rng = rng or random.Random()
+        self._peers: dict[str, tuple[str, int]] = {}
+        self._links: dict[str, _Link] = {}
+        self._handlers: dict[int, FrameHandler] = {}
+        self._peer_state_handlers: list[PeerStateHandler] = []
+        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._running = False
+        self.stats = TransportStats()
+        self.set_peers(peers or {})
+
+    # --- Transport protocol --------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def send(self, peer: str, channel: int, payload: bytes) -> bool:
+        stats = self.stats.peer(peer)
+        link = self._links.get(peer)
+        if link is None or link.ws.closed:
+            stats.drops += 1
+            return False
+        config = self._config
+        if (
+            len(link.queue) >= config.send_queue_messages_max
+            or link.queue_bytes + len(payload) > config.send_queue_bytes_max
+        ):
+            stats.drops += 1
+            return False
+        link.queue.append((channel, payload))
+        link.queue_bytes += len(payload)
+        link.wake.set()
+        return True
+
+    def subscribe(self, channel: int, handler: FrameHandler) -> None:
+        if not 0 <= channel <= 255:
+            raise ValueError(f"channel must fit in one byte: {channel}")
+        self._handlers[channel] = handler
+
+    def on_peer_state(self, handler: PeerStateHandler) -> None:
+        self._peer_state_handlers.append(handler)
+
+    def connected_peers(self) -> frozenset[str]:
+        return frozenset(self._links)
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._config.connect_timeout_s)
+        )
+        self._running = True
+        for peer_id in sorted(self._peers):
+            self._ensure_dialer(peer_id)
+
+    async def stop(self) -> None:
+        """Stop dialing, close every connection (both directions), free the session."""
+        self._running = False
+        dialers = list(self._dialers.values())
+        self._dialers.clear()
+        for task in dialers:
+            task.cancel()
+        await asyncio.gather(*dialers, return_exceptions=True)
+        links = list(self._links.values())
+        for link in links:
+            await self._close(link, _CLOSE_GOING_AWAY)
+        # Inbound links are served by aiohttp's handler tasks; let them unwind.
+        waiters = [asyncio.create_task(link.closed.wait()) for link in links]
+        if waiters:
+            await asyncio.wait(waiters, timeout=self._config.close_timeout_s)
+        for waiter in waiters:
+            waiter.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=self._config.close_timeout_s)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- membership ----------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[str, tuple[str, int]]) -> None:
+        """Replace the peers we dial (node id -> (host, port)); ourselves is ignored.
+
+        New peers are dialed, removed ones are no longer dialed and our
+        outbound connection to them is closed; a changed address is used from
+        the next dial on.
+        """
+        wanted = {peer_id: (host, int(port)) for peer_id, (host, port) in peers.items()}
+        wanted.pop(self._node_id, None)
+        for peer_id in set(self._peers) - set(wanted):
+            task = self._dialers.pop(peer_id, None)
+            if task is not None:
+                task.cancel()  # the dialer owns our outbound link: it closes it on the way out
+        self._peers = wanted
+        for peer_id in sorted(wanted):
+            self.stats.peer(peer_id)
+            if self._running:
+                self._ensure_dialer(peer_id)
+
+    def peers(self) -> dict[str, tuple[str, int]]:
+        return dict(self._peers)
+
+    def connections(self) -> dict[str, str]:
+        """Connected peer id -> node id that dialed the connection (for
+        diagnostics: both ends of a pair report the same dialer)."""
+        return {peer_id: link.initiator for peer_id, link in self._links.items()}
+
+    # --- server side ---------------------------------------------------------------
+
+    async def handle_inbound(self, request: web.Request) -> web.StreamResponse:
+        """The ``/internal/cluster`` route: authenticate, then serve the link."""
+        config = self._config
+        ws = web.WebSocketResponse(
+            timeout=config.close_timeout_s,
+            heartbeat=config.heartbeat_s,
+            max_msg_size=config.message_bytes_max,
+            compress=False,
+        )
+        if not self._running or not ws.can_prepare(request).ok:
+            self.stats.rejected_requests += 1
+            _log.warning("cluster: refused a non-websocket request from %s", request.remote)
+            return web.Response(status=400 if self._running else 503, text="cluster peers only\n")
+        await ws.prepare(request)
+        try:
+            async with asyncio.timeout(config.handshake_timeout_s):
+                peer_id = await self._server_handshake(ws)
+        except TimeoutError:
+            self.stats.handshake_timeouts += 1
+            _log.warning("cluster: handshake from %s timed out; closed", request.remote)
+            await ws.close(code=_CLOSE_AUTH_FAILED, message=b"handshake timeout")
+            return ws
+        except (auth.HandshakeError, _Refused) as exc:
+            _log.warning("cluster: rejected connection from %s: %s", request.remote, exc)
+            await ws.close(code=_CLOSE_AUTH_FAILED, message=b"authentication failed")
+            return ws
+        link = _Link(peer_id, initiator=peer_id, ws=ws)
+        if not self._register(link):
+            await ws.close(code=_CLOSE_DUPLICATE, message=b"duplicate connection")
+            return ws
+        await self._serve(link, send_first=auth.encode_accept())
+        return ws
+
+    async def _server_handshake(self, ws: _Socket) -> str:
+        try:
+            hello = auth.decode_hello(await self._receive_handshake(ws))
+        except auth.HandshakeError:
+            self.stats.auth_failures += 1
+            raise
+        if hello.client_id == self._node_id:
+            self.stats.auth_failures += 1
+            raise auth.HandshakeError("peer claims our own node id")
+        server_nonce = auth.new_nonce()
+        proof = auth.server_proof(
+            self._secret, hello.client_id, self._node_id, hello.client_nonce, server_nonce
+        )
+        await ws.send_bytes(
+            auth.encode_challenge(auth.Challenge(self._node_id, server_nonce, proof))
+        )
+        try:
+            received = auth.decode_proof(await self._receive_handshake(ws))
+            expected = auth.client_proof(
+                self._secret, hello.client_id, self._node_id, hello.client_nonce, server_nonce
+            )
+            auth.verify_proof(expected, received)
+        except (auth.HandshakeError, _Refused) as exc:
+            self._count_auth_failure(hello.client_id)
+            raise auth.HandshakeError(f"node {hello.client_id!r}: {exc}") from exc
+        return hello.client_id
+
+    # --- client side ---------------------------------------------------------------
+
+    def _ensure_dialer(self, peer_id: str) -> None:
+        task = self._dialers.get(peer_id)
+        if task is None or task.done():
+            self._dialers[peer_id] = asyncio.create_task(
+                self._dial_loop(peer_id), name=f"cluster-dial-{peer_id}"
+            )
+
+    async def _dial_loop(self, peer_id: str) -> None:
+        """Keep one connection to ``peer_id`` while it is in the peer map."""
+        backoff_s = self._config.dial_backoff_initial_s
+        failures = 0
+        while self._running and peer_id in self._peers:
+            existing = self._links.get(peer_id)
+            if existing is not None:
+                await existing.closed.wait()
+                await self._sleep_jittered(self._config.dial_backoff_initial_s)
+                continue
+            try:
+                link = await self._dial(peer_id, self._peers[peer_id])
+            except Exception as exc:
+                failures += 1
+                log = _log.warning if failures == 1 else _log.debug
+                log("cluster: cannot connect to %s (attempt %d): %s", peer_id, failures, exc)
+                await self._sleep_jittered(backoff_s)
+                backoff_s = min(backoff_s * 2, self._config.dial_backoff_max_s)
+                continue
+            failures = 0
+            backoff_s = self._config.dial_backoff_initial_s
+            if link is not None:
+                await self._serve(link)
+
+    async def _dial(self, peer_id: str, address: tuple[str, int]) -> _Link | None:
+        """Connect and authenticate; None when the connection lost a duplicate race."""
+        assert self._session is not None
+        host, port = address
+        url = f"http://{host}:{port}{CLUSTER_PATH}"
+        config = self._config
+        async with asyncio.timeout(config.connect_timeout_s + config.handshake_timeout_s):
+            ws = await self._session.ws_connect(
+                url,
+                heartbeat=config.heartbeat_s,
+                max_msg_size=config.message_bytes_max,
+                timeout=aiohttp.ClientWSTimeout(ws_close=config.close_timeout_s),
+            )
+            try:
+                await self._client_handshake(ws, peer_id)
+            except BaseException:
+                await ws.close()
+                raise
+        link = _Link(peer_id, initiator=self._node_id, ws=ws)
+        if not self._register(link):
+            await ws.close(code=_CLOSE_DUPLICATE, message=b"duplicate connection")
+            return None
+        return link
+
+    async def _client_handshake(self, ws: _Socket, peer_id: str) -> None:
+        client_nonce = auth.new_nonce()
+        await ws.send_bytes(auth.encode_hello(auth.Hello(self._node_id, client_nonce)))
+        try:
+            challenge = auth.decode_challenge(await self._receive_handshake(ws))
+            if challenge.server_id != peer_id:
+                raise auth.HandshakeError(
+                    f"dialed {peer_id!r} but {challenge.server_id!r} answered"
+                )
+            expected = auth.server_proof(
+                self._secret, self._node_id, peer_id, client_nonce, challenge.server_nonce
+            )
+            auth.verify_proof(expected, challenge.server_proof)
+        except auth.HandshakeError:
+            self._count_auth_failure(peer_id)
+            raise
+        proof = auth.client_proof(
+            self._secret, self._node_id, peer_id, client_nonce, challenge.server_nonce
+        )
+        await ws.send_bytes(auth.encode_proof(proof))
+        try:
+            auth.decode_accept(await self._receive_handshake(ws))
+        except _Refused as exc:
+            if exc.code == _CLOSE_AUTH_FAILED:
+                self._count_auth_failure(peer_id)
+            raise
+
+    # --- links -----------------------------------------------------------------------
+
+    def _register(self, link: _Link) -> bool:
+        """Make ``link`` the peer's connection, or refuse it (duplicate rule above)."""
+        peer_id = link.peer_id
+        existing = self._links.get(peer_id)
+        if existing is not None:
+            lower_id = min(self._node_id, peer_id)
+            existing_is_protected = (
+                existing.initiator == lower_id
+                and link.initiator != lower_id
+                and time.monotonic() - existing.established_at < self._config.duplicate_window_s
+            )
+            if existing_is_protected:
+                return False
+            existing.superseded = True
+            link.queue.extend(existing.queue)
+            link.queue_bytes += existing.queue_bytes
+            existing.queue.clear()
+            existing.queue_bytes = 0
+            self._spawn(self._close(existing, _CLOSE_SUPERSEDED))
+        self._links[peer_id] = link
+        stats = self.stats.peer(peer_id)
+        stats.connects += 1
+        _log.info("cluster: connected to %s (dialed by %s)", peer_id, link.initiator)
+        if existing is None:
+            self._notify_peer_state(peer_id, True)
+        return True
+
+    def _unregister(self, link: _Link) -> None:
+        if self._links.get(link.peer_id) is not link:
+            return  # superseded: its successor carries on, nothing changed for callers
+        del self._links[link.peer_id]
+        stats = self.stats.peer(link.peer_id)
+        stats.disconnects += 1
+        stats.drops += len(link.queue)
+        link.queue.clear()
+        _log.info("cluster: disconnected from %s", link.peer_id)
+        self._notify_peer_state(link.peer_id, False)
+
+    async def _serve(self, link: _Link, *, send_first: bytes | None = None) -> None:
+        """Run the link's writer and reader until the connection ends."""
+        writer: asyncio.Task[None] | None = None
+        try:
+            if send_first is not None:
+                await link.ws.send_bytes(send_first)
+            writer = asyncio.create_task(
+                self._write_loop(link), name=f"cluster-write-{link.peer_id}"
+            )
+            await self._read_loop(link)
+        except Exception as exc:  # a broken connection ends this link, never the node
+            _log.info("cluster: link to %s failed: %s", link.peer_id, exc)
+        finally:
+            if writer is not None:
+                writer.cancel()
+                await asyncio.wait([writer])
+            self._unregister(link)
+            await self._close(link, _CLOSE_GOING_AWAY)
+            link.closed.set()
+
+    async def _write_loop(self, link: _Link) -> None:
+        stats = self.stats.peer(link.peer_id)
+        frame_bytes_max = self._config.frame_bytes_max
+        try:
+            while True:
+                await link.wake.wait()
+                link.wake.clear()
+                while link.queue:
+                    frame, messages, payload_bytes = take_records(link.queue, frame_bytes_max)
+                    link.queue_bytes -= payload_bytes
+                    await link.ws.send_bytes(frame)
+                    stats.frames_sent += 1
+                    stats.messages_sent += messages
+                    stats.bytes_sent += payload_bytes
+        except Exception as exc:  # any write failure ends this connection, never the node
+            _log.info("cluster: write to %s failed: %s", link.peer_id, exc)
+            await self._close(link, _CLOSE_GOING_AWAY)
+
+    async def _read_loop(self, link: _Link) -> None:
+        stats = self.stats.peer(link.peer_id)
+        while True:
+            message = await link.ws.receive()
+            if message.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
+                return
+            try:
+                if message.type is not aiohttp.WSMsgType.BINARY:
+                    raise MalformedFrame(f"unexpected websocket message type {message.type!r}")
+                records = decode_records(message.data)
+            except MalformedFrame as exc:
+                stats.malformed_frames += 1
+                self.stats.malformed_frames += 1
+                _log.warning("cluster: malformed frame from %s, closing: %s", link.peer_id, exc)
+                await self._close(link, _CLOSE_MALFORMED)
+                return
+            stats.frames_received += 1
+            stats.messages_received += len(records)
+            stats.bytes_received += sum(len(payload) for _, payload in records)
+            self._dispatch(link.peer_id, records)
+
+    def _dispatch(self, peer_id: str, records: list[tuple[int, bytes]]) -> None:
+        for channel, payload in records:
+            handler = self._handlers.get(channel)
+            if handler is None:
+                self.stats.unroutable_messages += 1
+                continue
+            try:
+                handler(peer_id, payload)
+            except Exception:  # a handler bug must not take the link down with it
+                self.stats.handler_errors += 1
+                _log.exception(
+                    "cluster: handler for channel %d failed on a message from %s", channel, peer_id
+                )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _receive_handshake(self, ws: _Socket) -> bytes:
+        message = await ws.receive()
+        if message.type is aiohttp.WSMsgType.BINARY:
+            data: bytes = message.data
+            return data
+        if message.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+        ):
+            raise _Refused(message.data if isinstance(message.data, int) else None)
+        raise auth.HandshakeError(f"unexpected websocket message type {message.type!r}")
+
+    def _count_auth_failure(self, peer_id: str) -> None:
+        self.stats.auth_failures += 1
+        # Per-peer counters only for ids we know, so forged ids cannot grow the table.
+        if peer_id in self._peers or peer_id in self.stats.peers:
+            self.stats.peer(peer_id).auth_failures += 1
+
+    async def _close(self, link: _Link, code: int) -> None:
+        if not link.ws.closed:
+            try:
+                await link.ws.close(code=code)
+            except Exception as exc:  # the peer may be gone already; nothing left to do
+                _log.debug("cluster: closing link to %s: %s", link.peer_id, exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # Held until done so the task is neither garbage collected nor forgotten at stop().
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sleep_jittered(self, delay_s: float) -> None:
+        # Jitter in [delay/2, delay] keeps restarting peers from dialing in lockstep.
+        await asyncio.sleep(delay_s * (0.5 + 0.5 * self._rng.random()))
+
+    def _notify_peer_state(self, peer_id: str, is_connected: bool) -> None:
+        for handler in self._peer_state_handlers:
+            try:
+                handler(peer_id, is_connected)
+            except Exception:
+                _log.exception("cluster: peer state handler failed for %s", peer_id)
+
+
+def add_cluster_route(app: web.Application, transport: WebSocketTransport) -> None:
+    """Mount the transport's server side at ``/internal/cluster`` on ``app``."""
+    app.router.add_get(CLUSTER_PATH, transport.handle_inbound)
