@@ -66,7 +66,6 @@ class TransportStats:
     handshake_timeouts: int = 0
     rejected_requests: int = 0
     """Plain HTTP requests (no websocket upgrade) on the cluster path."""
-    malformed_frames: int = 0
     unroutable_messages: int = 0
     """Payloads on a channel nobody subscribed to."""
     handler_errors: int = 0

@@ -36,15 +36,21 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
 from fastpaca.cluster import auth
-from fastpaca.cluster.frames import MalformedFrame, decode_records, take_records
+from fastpaca.cluster.peer_link import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_DUPLICATE,
+    CLOSE_GOING_AWAY,
+    CLOSE_SUPERSEDED,
+    PeerLink,
+    PeerSocket,
+)
 from fastpaca.cluster.transport_stats import PeerStats, TransportConfig, TransportStats
 from fastpaca.raft.transport import FrameHandler, PeerStateHandler
 
@@ -61,26 +67,6 @@ CLUSTER_PATH: Final = "/internal/cluster"
 
 _log = logging.getLogger(__name__)
 
-# Websocket close codes (4000-4999 are for applications).
-_CLOSE_GOING_AWAY: Final = 1001
-_CLOSE_MALFORMED: Final = 4400
-_CLOSE_AUTH_FAILED: Final = 4401
-_CLOSE_DUPLICATE: Final = 4409
-_CLOSE_SUPERSEDED: Final = 4410
-
-
-class _Socket(Protocol):
-    """What both aiohttp websocket classes (server and client side) offer."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    async def send_bytes(self, data: bytes) -> None: ...
-
-    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage: ...
-
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
-
 
 class _Refused(Exception):
     """The peer closed the connection during our handshake (``code`` says why)."""
@@ -88,33 +74,6 @@ class _Refused(Exception):
     def __init__(self, code: int | None) -> None:
         super().__init__(f"peer closed the handshake (code {code})")
         self.code = code
-
-
-class _Link:
-    """One authenticated connection to a peer and its send queue."""
-
-    __slots__ = (
-        "closed",
-        "established_at",
-        "initiator",
-        "peer_id",
-        "queue",
-        "queue_bytes",
-        "superseded",
-        "wake",
-        "ws",
-    )
-
-    def __init__(self, peer_id: str, initiator: str, ws: _Socket) -> None:
-        self.peer_id = peer_id
-        self.initiator = initiator
-        self.ws = ws
-        self.queue: deque[tuple[int, bytes]] = deque()
-        self.queue_bytes = 0
-        self.wake = asyncio.Event()
-        self.closed = asyncio.Event()
-        self.superseded = False
-        self.established_at = time.monotonic()
 
 
 class WebSocketTransport:
@@ -136,7 +95,7 @@ class WebSocketTransport:
         self._config = config or TransportConfig()
         self._rng = rng or random.Random()
         self._peers: dict[str, tuple[str, int]] = {}
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, PeerLink] = {}
         self._handlers: dict[int, FrameHandler] = {}
         self._peer_state_handlers: list[PeerStateHandler] = []
         self._dialers: dict[str, asyncio.Task[None]] = {}
@@ -153,21 +112,10 @@ class WebSocketTransport:
         return self._node_id
 
     def send(self, peer: str, channel: int, payload: bytes) -> bool:
-        stats = self.stats.peer(peer)
         link = self._links.get(peer)
-        if link is None or link.ws.closed:
-            stats.drops += 1
+        if link is None or not link.enqueue(channel, payload):
+            self.stats.peer(peer).drops += 1
             return False
-        config = self._config
-        if (
-            len(link.queue) >= config.send_queue_messages_max
-            or link.queue_bytes + len(payload) > config.send_queue_bytes_max
-        ):
-            stats.drops += 1
-            return False
-        link.queue.append((channel, payload))
-        link.queue_bytes += len(payload)
-        link.wake.set()
         return True
 
     def subscribe(self, channel: int, handler: FrameHandler) -> None:
@@ -201,7 +149,7 @@ class WebSocketTransport:
         await asyncio.gather(*dialers, return_exceptions=True)
         links = list(self._links.values())
         for link in links:
-            await self._close(link, _CLOSE_GOING_AWAY)
+            await link.close(CLOSE_GOING_AWAY)
         # Inbound links are served by aiohttp's handler tasks; let them unwind.
         waiters = [asyncio.create_task(link.closed.wait()) for link in links]
         if waiters:
@@ -265,20 +213,20 @@ class WebSocketTransport:
         except TimeoutError:
             self.stats.handshake_timeouts += 1
             _log.warning("cluster: handshake from %s timed out; closed", request.remote)
-            await ws.close(code=_CLOSE_AUTH_FAILED, message=b"handshake timeout")
+            await ws.close(code=CLOSE_AUTH_FAILED, message=b"handshake timeout")
             return ws
         except (auth.HandshakeError, _Refused) as exc:
             _log.warning("cluster: rejected connection from %s: %s", request.remote, exc)
-            await ws.close(code=_CLOSE_AUTH_FAILED, message=b"authentication failed")
+            await ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
             return ws
-        link = _Link(peer_id, initiator=peer_id, ws=ws)
+        link = PeerLink(peer_id, initiator=peer_id, ws=ws, config=config)
         if not self._register(link):
-            await ws.close(code=_CLOSE_DUPLICATE, message=b"duplicate connection")
+            await ws.close(code=CLOSE_DUPLICATE, message=b"duplicate connection")
             return ws
         await self._serve(link, send_first=auth.encode_accept())
         return ws
 
-    async def _server_handshake(self, ws: _Socket) -> str:
+    async def _server_handshake(self, ws: PeerSocket) -> str:
         try:
             hello = auth.decode_hello(await self._receive_handshake(ws))
         except auth.HandshakeError:
@@ -338,7 +286,7 @@ class WebSocketTransport:
             if link is not None:
                 await self._serve(link)
 
-    async def _dial(self, peer_id: str, address: tuple[str, int]) -> _Link | None:
+    async def _dial(self, peer_id: str, address: tuple[str, int]) -> PeerLink | None:
         """Connect and authenticate; None when the connection lost a duplicate race."""
         assert self._session is not None
         host, port = address
@@ -356,13 +304,13 @@ class WebSocketTransport:
             except BaseException:
                 await ws.close()
                 raise
-        link = _Link(peer_id, initiator=self._node_id, ws=ws)
+        link = PeerLink(peer_id, initiator=self._node_id, ws=ws, config=config)
         if not self._register(link):
-            await ws.close(code=_CLOSE_DUPLICATE, message=b"duplicate connection")
+            await ws.close(code=CLOSE_DUPLICATE, message=b"duplicate connection")
             return None
         return link
 
-    async def _client_handshake(self, ws: _Socket, peer_id: str) -> None:
+    async def _client_handshake(self, ws: PeerSocket, peer_id: str) -> None:
         client_nonce = auth.new_nonce()
         await ws.send_bytes(auth.encode_hello(auth.Hello(self._node_id, client_nonce)))
         try:
@@ -385,13 +333,13 @@ class WebSocketTransport:
         try:
             auth.decode_accept(await self._receive_handshake(ws))
         except _Refused as exc:
-            if exc.code == _CLOSE_AUTH_FAILED:
+            if exc.code == CLOSE_AUTH_FAILED:
                 self._count_auth_failure(peer_id)
             raise
 
     # --- links -----------------------------------------------------------------------
 
-    def _register(self, link: _Link) -> bool:
+    def _register(self, link: PeerLink) -> bool:
         """Make ``link`` the peer's connection, or refuse it (duplicate rule above)."""
         peer_id = link.peer_id
         existing = self._links.get(peer_id)
@@ -404,12 +352,8 @@ class WebSocketTransport:
             )
             if existing_is_protected:
                 return False
-            existing.superseded = True
-            link.queue.extend(existing.queue)
-            link.queue_bytes += existing.queue_bytes
-            existing.queue.clear()
-            existing.queue_bytes = 0
-            self._spawn(self._close(existing, _CLOSE_SUPERSEDED))
+            link.take_queue_of(existing)
+            self._spawn(existing.close(CLOSE_SUPERSEDED))
         self._links[peer_id] = link
         stats = self.stats.peer(peer_id)
         stats.connects += 1
@@ -418,80 +362,24 @@ class WebSocketTransport:
             self._notify_peer_state(peer_id, True)
         return True
 
-    def _unregister(self, link: _Link) -> None:
+    def _unregister(self, link: PeerLink) -> None:
         if self._links.get(link.peer_id) is not link:
             return  # superseded: its successor carries on, nothing changed for callers
         del self._links[link.peer_id]
         stats = self.stats.peer(link.peer_id)
         stats.disconnects += 1
-        stats.drops += len(link.queue)
-        link.queue.clear()
+        stats.drops += link.discard_queue()
         _log.info("cluster: disconnected from %s", link.peer_id)
         self._notify_peer_state(link.peer_id, False)
 
-    async def _serve(self, link: _Link, *, send_first: bytes | None = None) -> None:
-        """Run the link's writer and reader until the connection ends."""
-        writer: asyncio.Task[None] | None = None
+    async def _serve(self, link: PeerLink, *, send_first: bytes | None = None) -> None:
+        """Serve ``link`` until the connection ends, then retire it."""
         try:
-            if send_first is not None:
-                await link.ws.send_bytes(send_first)
-            writer = asyncio.create_task(
-                self._write_loop(link), name=f"cluster-write-{link.peer_id}"
-            )
-            await self._read_loop(link)
-        except Exception as exc:  # a broken connection ends this link, never the node
-            _log.info("cluster: link to %s failed: %s", link.peer_id, exc)
+            await link.run(self._dispatch, self.stats.peer(link.peer_id), send_first=send_first)
         finally:
-            if writer is not None:
-                writer.cancel()
-                await asyncio.wait([writer])
             self._unregister(link)
-            await self._close(link, _CLOSE_GOING_AWAY)
+            await link.close(CLOSE_GOING_AWAY)
             link.closed.set()
-
-    async def _write_loop(self, link: _Link) -> None:
-        stats = self.stats.peer(link.peer_id)
-        frame_bytes_max = self._config.frame_bytes_max
-        try:
-            while True:
-                await link.wake.wait()
-                link.wake.clear()
-                while link.queue:
-                    frame, messages, payload_bytes = take_records(link.queue, frame_bytes_max)
-                    link.queue_bytes -= payload_bytes
-                    await link.ws.send_bytes(frame)
-                    stats.frames_sent += 1
-                    stats.messages_sent += messages
-                    stats.bytes_sent += payload_bytes
-        except Exception as exc:  # any write failure ends this connection, never the node
-            _log.info("cluster: write to %s failed: %s", link.peer_id, exc)
-            await self._close(link, _CLOSE_GOING_AWAY)
-
-    async def _read_loop(self, link: _Link) -> None:
-        stats = self.stats.peer(link.peer_id)
-        while True:
-            message = await link.ws.receive()
-            if message.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            ):
-                return
-            try:
-                if message.type is not aiohttp.WSMsgType.BINARY:
-                    raise MalformedFrame(f"unexpected websocket message type {message.type!r}")
-                records = decode_records(message.data)
-            except MalformedFrame as exc:
-                stats.malformed_frames += 1
-                self.stats.malformed_frames += 1
-                _log.warning("cluster: malformed frame from %s, closing: %s", link.peer_id, exc)
-                await self._close(link, _CLOSE_MALFORMED)
-                return
-            stats.frames_received += 1
-            stats.messages_received += len(records)
-            stats.bytes_received += sum(len(payload) for _, payload in records)
-            self._dispatch(link.peer_id, records)
 
     def _dispatch(self, peer_id: str, records: list[tuple[int, bytes]]) -> None:
         for channel, payload in records:
@@ -509,7 +397,7 @@ class WebSocketTransport:
 
     # --- helpers ---------------------------------------------------------------------
 
-    async def _receive_handshake(self, ws: _Socket) -> bytes:
+    async def _receive_handshake(self, ws: PeerSocket) -> bytes:
         message = await ws.receive()
         if message.type is aiohttp.WSMsgType.BINARY:
             data: bytes = message.data
@@ -527,13 +415,6 @@ class WebSocketTransport:
         # Per-peer counters only for ids we know, so forged ids cannot grow the table.
         if peer_id in self._peers or peer_id in self.stats.peers:
             self.stats.peer(peer_id).auth_failures += 1
-
-    async def _close(self, link: _Link, code: int) -> None:
-        if not link.ws.closed:
-            try:
-                await link.ws.close(code=code)
-            except Exception as exc:  # the peer may be gone already; nothing left to do
-                _log.debug("cluster: closing link to %s: %s", link.peer_id, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         # Held until done so the task is neither garbage collected nor forgotten at stop().
