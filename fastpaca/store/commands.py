@@ -1,0 +1,171 @@
+"""State-machine commands and their compact byte codec.
+
+Owns the typed commands a proposer puts into a Raft entry and the bytes they
+travel as. A command carries every decision that depends on time or on the
+proposer (timestamps, token counts, message bytes), so applying it is
+deterministic. Decoding never trusts its input: malformed bytes raise
+``CodecError``.
+
+Layout: one tag byte, a u32-length JSON header, and for appends the stored
+message bytes, each with a u32 length. Message bytes are carried verbatim so
+the state machine stores them without re-encoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fastpaca.raft.codec import CodecError
+
+__all__ = [
+    "AckArchived",
+    "AppendMessages",
+    "Command",
+    "TombstoneConversation",
+    "UpsertConversation",
+    "decode_command",
+    "encode_command",
+]
+
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpsertConversation:
+    conversation_id: str
+    metadata_json: bytes | None
+    """Encoded JSON object replacing the metadata; None keeps it (new: ``{}``)."""
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TombstoneConversation:
+    conversation_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendMessages:
+    conversation_id: str
+    messages: tuple[bytes, ...]
+    """Stored message bytes (``messages.PreparedMessage.stored``), in order."""
+    token_counts: tuple[int, ...]
+    request_digest: bytes
+    now_ms: int
+    is_batch: bool = False
+    if_version: int | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckArchived:
+    """Reserved for the archive: messages up to ``upto_seq`` are in Postgres."""
+
+    conversation_id: str
+    upto_seq: int
+
+
+Command = UpsertConversation | TombstoneConversation | AppendMessages | AckArchived
+
+
+def _frame(tag: bytes, header: dict[str, Any], payloads: tuple[bytes, ...] = ()) -> bytes:
+    head = orjson.dumps(header)
+    parts = [tag, _U32.pack(len(head)), head]
+    for payload in payloads:
+        parts.append(_U32.pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def encode_command(command: Command) -> bytes:
+    match command:
+        case AppendMessages():
+            header = {
+                "c": command.conversation_id,
+                "n": command.token_counts,
+                "h": command.request_digest.hex(),
+                "t": command.now_ms,
+                "b": command.is_batch,
+                "v": command.if_version,
+                "k": command.idempotency_key,
+            }
+            return _frame(b"A", header, command.messages)
+        case UpsertConversation():
+            meta = None if command.metadata_json is None else command.metadata_json.decode()
+            return _frame(b"U", {"c": command.conversation_id, "m": meta, "t": command.now_ms})
+        case TombstoneConversation():
+            return _frame(b"T", {"c": command.conversation_id, "t": command.now_ms})
+        case AckArchived():
+            return _frame(b"K", {"c": command.conversation_id, "s": command.upto_seq})
+
+
+def decode_command(data: bytes) -> Command:
+    try:
+        return _decode(data)
+    except CodecError:
+        raise
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, struct.error) as exc:
+        raise CodecError(f"bad command: {exc!r}") from exc
+
+
+def _decode(data: bytes) -> Command:
+    tag = data[:1]
+    (head_len,) = _U32.unpack_from(data, 1)
+    offset = 5 + head_len
+    if offset > len(data):
+        raise CodecError("truncated command header")
+    header = orjson.loads(data[5:offset])
+    if not isinstance(header, dict):
+        raise CodecError("command header is not an object")
+    if tag == b"A":
+        messages = []
+        while offset < len(data):
+            (size,) = _U32.unpack_from(data, offset)
+            offset += 4
+            if offset + size > len(data):
+                raise CodecError("truncated message")
+            messages.append(data[offset : offset + size])
+            offset += size
+        tokens = tuple(_int(n) for n in header["n"])
+        if not messages or len(tokens) != len(messages):
+            raise CodecError("append needs one token count per message")
+        return AppendMessages(
+            conversation_id=_str(header["c"]),
+            messages=tuple(messages),
+            token_counts=tokens,
+            request_digest=bytes.fromhex(_str(header["h"])),
+            now_ms=_int(header["t"]),
+            is_batch=bool(header["b"]),
+            if_version=None if header["v"] is None else _int(header["v"]),
+            idempotency_key=None if header["k"] is None else _str(header["k"]),
+        )
+    if offset != len(data):
+        raise CodecError("trailing bytes after command")
+    if tag == b"U":
+        meta = header["m"]
+        return UpsertConversation(
+            conversation_id=_str(header["c"]),
+            metadata_json=None if meta is None else _str(meta).encode(),
+            now_ms=_int(header["t"]),
+        )
+    if tag == b"T":
+        return TombstoneConversation(conversation_id=_str(header["c"]), now_ms=_int(header["t"]))
+    if tag == b"K":
+        return AckArchived(conversation_id=_str(header["c"]), upto_seq=_int(header["s"]))
+    raise CodecError(f"unknown command tag {tag!r}")
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CodecError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise CodecError(f"expected a string, got {value!r}")
+    return value

@@ -1,0 +1,109 @@
+"""Key layout of the applied conversation state in the node's LevelDB.
+
+Owns the byte layout only; it reads and writes nothing. Every key of group
+``g`` starts with ``b"s" + g:u16`` (the raft log lives under ``b"r"``), so a
+group's whole state is one contiguous range (snapshots, restore). Integers are
+fixed-width big-endian so byte order equals numeric order. A conversation id is
+written as ``len:u16 + utf8`` so one id is never a prefix of another's range.
+
+    s<g> a                          applied index (u64)
+    s<g> c <len><id>                conversation counters (state.ConversationState)
+    s<g> d <len><id>                conversation metadata (JSON object bytes)
+    s<g> m <len><id> <seq:u64>      message (JSON object bytes, without seq)
+    s<g> k <len><id> <key bytes>    idempotency record (state.IdempotencyRecord)
+    s<g> i <len><id> <version:u64>  idempotency key written by that append
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "SEQ_MAX",
+    "applied_index_key",
+    "conversation_key",
+    "group_range",
+    "idempotency_index_key",
+    "idempotency_index_range",
+    "idempotency_key",
+    "message_key",
+    "message_range",
+    "metadata_key",
+    "seq_of_message_key",
+]
+
+SEQ_MAX = 2**64 - 1
+
+_GROUP = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
+_LEN = struct.Struct(">H")
+
+
+def _group_prefix(group_id: int) -> bytes:
+    return b"s" + _GROUP.pack(group_id)
+
+
+def group_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, stop)`` covering every key of the group's applied state."""
+    start = _group_prefix(group_id)
+    stop = b"t" if group_id == 0xFFFF else _group_prefix(group_id + 1)
+    return start, stop
+
+
+def applied_index_key(group_id: int) -> bytes:
+    return _group_prefix(group_id) + b"a"
+
+
+def _conversation_part(conversation_id: str) -> bytes:
+    raw = conversation_id.encode()
+    return _LEN.pack(len(raw)) + raw
+
+
+def conversation_key(group_id: int, conversation_id: str) -> bytes:
+    return _group_prefix(group_id) + b"c" + _conversation_part(conversation_id)
+
+
+def metadata_key(group_id: int, conversation_id: str) -> bytes:
+    return _group_prefix(group_id) + b"d" + _conversation_part(conversation_id)
+
+
+def _message_prefix(group_id: int, conversation_id: str) -> bytes:
+    return _group_prefix(group_id) + b"m" + _conversation_part(conversation_id)
+
+
+def message_key(group_id: int, conversation_id: str, seq: int) -> bytes:
+    return _message_prefix(group_id, conversation_id) + _U64.pack(seq)
+
+
+def message_range(
+    group_id: int, conversation_id: str, lo_seq: int, hi_seq: int
+) -> tuple[bytes, bytes]:
+    """Keys of messages with ``lo_seq <= seq < hi_seq`` (``hi_seq`` may be ``SEQ_MAX + 1``)."""
+    prefix = _message_prefix(group_id, conversation_id)
+    stop = prefix + _U64.pack(hi_seq) if hi_seq <= SEQ_MAX else prefix + b"\xff" * 9
+    return prefix + _U64.pack(lo_seq), stop
+
+
+def seq_of_message_key(key: bytes) -> int:
+    seq: int = _U64.unpack_from(key, len(key) - 8)[0]
+    return seq
+
+
+def idempotency_key(group_id: int, conversation_id: str, key: str) -> bytes:
+    return _group_prefix(group_id) + b"k" + _conversation_part(conversation_id) + key.encode()
+
+
+def _idempotency_index_prefix(group_id: int, conversation_id: str) -> bytes:
+    return _group_prefix(group_id) + b"i" + _conversation_part(conversation_id)
+
+
+def idempotency_index_key(group_id: int, conversation_id: str, version: int) -> bytes:
+    return _idempotency_index_prefix(group_id, conversation_id) + _U64.pack(version)
+
+
+def idempotency_index_range(
+    group_id: int, conversation_id: str, lo_version: int, hi_version: int
+) -> tuple[bytes, bytes]:
+    """Index keys of appends with ``lo_version <= version < hi_version``."""
+    prefix = _idempotency_index_prefix(group_id, conversation_id)
+    return prefix + _U64.pack(lo_version), prefix + _U64.pack(hi_version)

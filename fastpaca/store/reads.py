@@ -1,0 +1,76 @@
+"""Reads of the applied state straight from LevelDB.
+
+Owns how a conversation, a tail page and a replay page are found in the key
+layout. It never writes and never waits: linearizability (the read barrier)
+is the caller's job (``runtime.py``), which calls these after the barrier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastpaca.raft.kv import KVView
+from fastpaca.store import keys
+from fastpaca.store.state import ConversationState
+
+__all__ = ["ConversationView", "StoreReader", "StoredMessage"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConversationView:
+    conversation_id: str
+    state: ConversationState
+    metadata_json: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    seq: int
+    body: bytes
+    """JSON object: role, parts, metadata, token_count, inserted_at (no seq)."""
+
+
+class StoreReader:
+    def __init__(self, kv: KVView) -> None:
+        self._kv = kv
+
+    def conversation(self, group_id: int, conversation_id: str) -> ConversationView | None:
+        raw = self._kv.get(keys.conversation_key(group_id, conversation_id))
+        if raw is None:
+            return None
+        metadata = self._kv.get(keys.metadata_key(group_id, conversation_id))
+        return ConversationView(
+            conversation_id=conversation_id,
+            state=ConversationState.decode(raw),
+            metadata_json=b"{}" if metadata is None else metadata,
+        )
+
+    def tail(
+        self, group_id: int, conversation_id: str, last_seq: int, *, limit: int, offset: int
+    ) -> list[StoredMessage]:
+        """Skip the ``offset`` newest messages, then up to ``limit`` older
+        ones, returned oldest first."""
+        hi_seq = last_seq - offset
+        if hi_seq < 1:
+            return []
+        lo_seq = max(1, hi_seq - limit + 1)
+        return self._range(group_id, conversation_id, lo_seq, hi_seq)
+
+    def replay(
+        self, group_id: int, conversation_id: str, last_seq: int, *, from_seq: int, limit: int
+    ) -> list[StoredMessage]:
+        """Messages with ``seq >= from_seq``, ascending, at most ``limit``."""
+        lo_seq = max(1, from_seq)
+        hi_seq = min(last_seq, lo_seq + limit - 1)
+        if hi_seq < lo_seq:
+            return []
+        return self._range(group_id, conversation_id, lo_seq, hi_seq)
+
+    def _range(
+        self, group_id: int, conversation_id: str, lo_seq: int, hi_seq: int
+    ) -> list[StoredMessage]:
+        start, stop = keys.message_range(group_id, conversation_id, lo_seq, hi_seq + 1)
+        return [
+            StoredMessage(seq=keys.seq_of_message_key(key), body=value)
+            for key, value in self._kv.iterate(start, stop)
+        ]
