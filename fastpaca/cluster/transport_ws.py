@@ -341,6 +341,8 @@ class WebSocketTransport:
 
     def _register(self, link: PeerLink) -> bool:
         """Make ``link`` the peer's connection, or refuse it (duplicate rule above)."""
+        if not self._running:
+            return False  # a handshake that finished while we were stopping
         peer_id = link.peer_id
         existing = self._links.get(peer_id)
         if existing is not None:

@@ -362,3 +362,27 @@ async def _authenticate(
     proof = auth.client_proof(SECRET, client_id, server_id, nonce, challenge.server_nonce)
     await ws.send_bytes(auth.encode_proof(proof))
     auth.decode_accept((await ws.receive()).data)
+
+
+async def test_new_connection_from_a_restarted_peer_replaces_the_stale_one(nodes) -> None:
+    window = TransportConfig(
+        handshake_timeout_s=0.5, dial_backoff_initial_s=0.02, duplicate_window_s=0.3
+    )
+    a, old_b = await nodes("a", config=window), await nodes("b", config=window)
+    a.transport.set_peers({"b": old_b.address})  # a (the lower id) dials; old b never does
+    await eventually(connected(a, old_b))
+    assert a.transport.connections() == {"b": "a"}
+
+    # A second "b" (the restarted process, while a still holds the old connection).
+    # Inside the window a keeps its own fresh dial and refuses the newcomer...
+    new_b = await nodes("b", config=window)
+    new_b.transport.set_peers({"a": a.address})
+    await asyncio.sleep(window.duplicate_window_s / 3)
+    assert a.transport.connections() == {"b": "a"}
+    # ...after it, the newcomer's dial replaces the stale connection.
+    await eventually(lambda: a.transport.connections() == {"b": "b"})
+    await eventually(lambda: not old_b.transport.connected_peers())
+    assert a.peer_events == [("b", True)]  # a replacement is not a disconnect
+    assert a.transport.send("b", Channel.RAFT, b"to the new b")
+    await eventually(lambda: new_b.received == [("a", Channel.RAFT, b"to the new b")])
+    assert old_b.received == []
