@@ -331,11 +331,14 @@ class LevelDBStorage:
     def stage_append(self, batch: WriteBatch, entries: list[Entry]) -> None:
         """Append ``entries`` (contiguous), first truncating every stored entry
         at or after ``entries[0].index`` that they do not overwrite."""
+        view = self._staged or self._view
+        if entries and entries[0].index <= view.snapshot.index:
+            # Already committed and folded into the snapshot: nothing to write.
+            entries = entries[view.snapshot.index + 1 - entries[0].index :]
         if not entries:
             return
-        view = self._staged or self._view
         lo, hi = entries[0].index, entries[-1].index
-        if lo <= view.snapshot.index or lo > view.last_index + 1 or hi - lo + 1 != len(entries):
+        if lo > view.last_index + 1 or hi - lo + 1 != len(entries):
             raise ValueError(
                 f"group {self._group_id}: cannot append [{lo}, {hi}] to log "
                 f"[{view.first_index}, {view.last_index}]"
@@ -394,6 +397,10 @@ class LevelDBStorage:
         batch.delete_range(self._prefix, self._prefix + b"\xff")
         self._staged = _View(1, 0, HardState(), ConfState(), SnapshotMeta())
         self._on_commit.append(lambda: self._cache_reset(1))
+
+    def staged_first_index(self) -> int:
+        """First index once what is staged is written (compaction decisions)."""
+        return (self._staged or self._view).first_index
 
     def on_written(self) -> None:
         """The batch holding everything staged is durable: expose it."""

@@ -1,0 +1,615 @@
+"""NodeHost: every Raft group of one node, driven synchronously.
+
+The deterministic heart of the IO layer. It owns this node's cores
+(``RaftNode`` per group), their ``LevelDBStorage``s over the node's one KV,
+the state machine calls and snapshot transfers, and turns the Readys of all
+groups into one :class:`Iteration`: one ``WriteBatch`` plus one frame per
+peer. It does no IO of its own beyond reading the KV, reads no clock, starts
+no threads and never touches asyncio: ``driver.py`` (production) and the
+simulator call it, in this order, never re-entrantly::
+
+    host.tick() / host.receive(peer, frame) / host.propose(...)   # any number
+    iteration = host.prepare()
+    iteration.write()               # the only write; may run in another thread
+    for peer, frame in iteration.frames().items(): transport.send(...)
+    result = host.finish(iteration) # advance; apply results, read states
+
+Persist-before-send is structural: ``Iteration.frames()`` and ``finish``
+refuse to run until ``Iteration.write()`` returned.
+
+Groups are bootstrapped with their initial voters as ADD_VOTER entries at
+term 1 (identical on every initial member), so a replica added later that
+replays the log from index 1 learns the same membership as everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+from fastpaca.errors import InvariantViolation, NotLeader
+from fastpaca.raft.codec import (
+    CodecError,
+    Frame,
+    SnapshotChunk,
+    SnapshotStatus,
+    decode_conf_change,
+    decode_frame,
+    encode_conf_change,
+    encode_frame,
+)
+from fastpaca.raft.core import RaftConfig, RaftNode
+from fastpaca.raft.kv import KV, WriteBatch
+from fastpaca.raft.leveldb import LevelDBStorage
+from fastpaca.raft.messages import (
+    ConfChange,
+    ConfChangeOp,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    SnapshotMeta,
+)
+from fastpaca.raft.ready import Ready, SoftState
+from fastpaca.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
+from fastpaca.raft.statemachine import StateMachine
+
+__all__ = ["AppliedBatch", "HostConfig", "HostStats", "Iteration", "IterationResult", "NodeHost"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    snapshot_chunk_bytes: int = 256 * 1024
+    compact_threshold_entries: int = 20_000
+    """Compact once the log holds more than this many applied entries..."""
+    compact_keep_entries: int = 5_000
+    """...keeping this many below the applied index for slow followers."""
+    snapshot_timeout_ticks: int = 200
+    """A transfer with no progress (or no answer) for this long failed."""
+
+
+@dataclass(slots=True)
+class HostStats:
+    dropped_unknown_group: int = 0
+    dropped_misaddressed: int = 0
+    dropped_snapshots: int = 0
+    snapshots_sent: int = 0
+    snapshots_installed: int = 0
+    snapshot_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """Entries of one group applied in one iteration, with one result each
+    (a CONF_CHANGE entry's result is the new ``ConfState``)."""
+
+    group_id: int
+    entries: Sequence[Entry]
+    results: list[Any]
+
+
+@dataclass(slots=True)
+class IterationResult:
+    applied: list[AppliedBatch] = field(default_factory=list)
+    read_states: list[tuple[int, ReadState]] = field(default_factory=list)
+    soft_states: list[tuple[int, SoftState]] = field(default_factory=list)
+
+
+class _Group:
+    __slots__ = ("core", "storage")
+
+    def __init__(self, core: RaftNode, storage: LevelDBStorage) -> None:
+        self.core = core
+        self.storage = storage
+
+
+class _Processed(NamedTuple):
+    group_id: int
+    group: _Group
+    ready: Ready
+    applied: AppliedBatch | None
+
+
+class Iteration:
+    """What one pass over all groups produced: a batch to write, then frames."""
+
+    __slots__ = ("_frames", "_kv", "_written", "batch", "bootstrapped", "must_sync", "readies")
+
+    def __init__(
+        self,
+        kv: KV,
+        batch: WriteBatch,
+        must_sync: bool,
+        frames: dict[str, bytes],
+        readies: list[_Processed],
+        bootstrapped: dict[int, LevelDBStorage],
+    ) -> None:
+        self._kv = kv
+        self.batch = batch
+        self.must_sync = must_sync
+        self._frames = frames
+        self.readies = readies
+        self.bootstrapped = bootstrapped
+        self._written = False
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.batch or self._frames or self.readies or self.bootstrapped)
+
+    @property
+    def written(self) -> bool:
+        return self._written
+
+    def write(self) -> None:
+        """Write the batch (fsync'd when ``must_sync``). Safe to call from one
+        worker thread: it touches only the KV and this iteration."""
+        if self.batch:
+            self._kv.write(self.batch, sync=self.must_sync)
+        self._written = True
+
+    def frames(self) -> dict[str, bytes]:
+        """One frame per peer; only once the batch is durable."""
+        if not self._written:
+            raise InvariantViolation("frames requested before the batch was written")
+        return self._frames
+
+
+class NodeHost:
+    def __init__(
+        self,
+        node_id: str,
+        kv: KV,
+        state_machine: StateMachine,
+        raft_config_template: RaftConfig,
+        rng: random.Random,
+        config: HostConfig | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self._kv = kv
+        self._sm = state_machine
+        self._template = raft_config_template
+        self._rng = rng
+        self._config = config or HostConfig()
+        self._groups: dict[int, _Group] = {}
+        self._dirty: set[int] = set()
+        """Groups that may have a Ready: only these are looked at (idle is free)."""
+        self._batch: WriteBatch | None = None
+        """Writes made between iterations (bootstrap, chunks, removal)."""
+        self._batch_must_sync = False
+        self._bootstrapping: dict[int, LevelDBStorage] = {}
+        self._solo: set[int] = set()
+        """Single-voter groups that will campaign as soon as they can."""
+        self._in_iteration = False
+        self._statuses: dict[str, list[SnapshotStatus]] = {}
+        timeout = self._config.snapshot_timeout_ticks
+        self._sender = SnapshotSender(timeout_ticks=timeout)
+        self._receiver = SnapshotReceiver(timeout_ticks=timeout)
+        self.stats = HostStats()
+
+    # --- groups ---------------------------------------------------------------------
+
+    def open_groups(self) -> list[int]:
+        """Rebuild every group found in the KV (after a restart or crash)."""
+        for group_id in LevelDBStorage.list_groups(self._kv):
+            if group_id not in self._groups:
+                self._add_group(group_id, LevelDBStorage.open(self._kv, group_id))
+        return self.group_ids()
+
+    def ensure_group(self, group_id: int, voters: Sequence[str]) -> None:
+        """Host ``group_id``. A group with no state yet is bootstrapped with
+        ``voters`` (written with the next iteration, the core starts after);
+        empty ``voters`` joins an existing group and waits for its leader."""
+        if group_id in self._groups or group_id in self._bootstrapping:
+            return
+        storage = LevelDBStorage.open(self._kv, group_id)
+        if not voters or not _is_blank(storage):
+            self._add_group(group_id, storage)
+            return
+        ordered = sorted(set(voters))
+        add_voters = [
+            Entry(
+                index=position,
+                term=1,
+                type=EntryType.CONF_CHANGE,
+                data=encode_conf_change(ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=node)),
+            )
+            for position, node in enumerate(ordered, start=1)
+        ]
+        batch = self._pending_batch()
+        storage.stage_append(batch, add_voters)
+        storage.stage_hard_state(batch, HardState(term=1, commit=len(add_voters)))
+        storage.stage_conf_state(batch, ConfState(voters=tuple(ordered)))
+        self._batch_must_sync = True
+        self._bootstrapping[group_id] = storage
+
+    def remove_group(self, group_id: int) -> None:
+        """Stop hosting ``group_id`` and delete its log and state (next write)."""
+        self._require_idle()
+        group = self._groups.pop(group_id, None)
+        self._bootstrapping.pop(group_id, None)
+        storage = group.storage if group else LevelDBStorage.open(self._kv, group_id)
+        batch = self._pending_batch()
+        storage.stage_destroy(batch)
+        self._sm.restore(group_id, 0, (), batch)
+        self._sender.drop_group(group_id)
+        self._receiver.transfers.pop(group_id, None)
+        self._dirty.discard(group_id)
+        self._solo.discard(group_id)
+
+    def group_ids(self) -> list[int]:
+        return sorted(self._groups)
+
+    def core(self, group_id: int) -> RaftNode:
+        """The group's core (read-only use: tests, metrics, the driver's queries)."""
+        return self._group(group_id).core
+
+    def has_group(self, group_id: int) -> bool:
+        return group_id in self._groups
+
+    def leader_of(self, group_id: int) -> str | None:
+        group = self._groups.get(group_id)
+        return group.core.leader_id if group else None
+
+    def is_leader(self, group_id: int) -> bool:
+        group = self._groups.get(group_id)
+        return group is not None and group.core.is_leader
+
+    @property
+    def dropped_by_cores(self) -> int:
+        return sum(group.core.dropped_messages for group in self._groups.values())
+
+    # --- input ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        for group in self._groups.values():
+            group.core.tick()
+        self._dirty.update(self._groups)
+        for group_id, peer in self._sender.tick():
+            self.stats.snapshot_failures += 1
+            if group_id in self._groups:
+                self._groups[group_id].core.report_snapshot(peer, False)
+        for group_id in self._receiver.tick():
+            if group_id in self._groups:
+                self._groups[group_id].storage.stage_clear_incoming(self._pending_batch())
+
+    def receive(self, peer: str, data: bytes) -> None:
+        """Decode and step a frame from ``peer``; ``CodecError`` if malformed
+        (the caller closes that connection)."""
+        self.receive_frame(peer, decode_frame(data))
+
+    def receive_frame(self, peer: str, frame: Frame) -> None:
+        self._require_idle()
+        if frame.sender != peer:
+            raise CodecError(f"frame from {peer} claims to come from {frame.sender}")
+        if frame.to != self.node_id:
+            self.stats.dropped_misaddressed += 1
+            return
+        for status in frame.statuses:
+            self._on_status(peer, status)
+        for chunk in frame.chunks:
+            self._on_chunk(peer, chunk)
+        for msg in frame.messages:
+            group = self._groups.get(msg.group_id)
+            if group is None:
+                self.stats.dropped_unknown_group += 1
+            elif msg.type is MessageType.SNAPSHOT:
+                self._on_snapshot_message(msg.group_id, group, msg)
+            else:
+                group.core.step(msg)
+                self._dirty.add(msg.group_id)
+
+    def peer_unreachable(self, peer: str) -> None:
+        """A send to ``peer`` failed or its connection went down."""
+        for group in self._groups.values():
+            group.core.report_unreachable(peer)
+        for group_id in self._sender.drop_peer(peer):
+            self.stats.snapshot_failures += 1
+            if group_id in self._groups:
+                self._groups[group_id].core.report_snapshot(peer, False)
+        self._dirty.update(self._groups)
+
+    def propose(self, group_id: int, data: bytes) -> tuple[int, int]:
+        """(index, term) of the new entry; ``NotLeader``/``ProposalDropped``."""
+        index_term = self._leader_core(group_id).propose(data)
+        self._dirty.add(group_id)
+        return index_term
+
+    def propose_conf_change(self, group_id: int, cc: ConfChange) -> tuple[int, int]:
+        index_term = self._leader_core(group_id).propose_conf_change(cc)
+        self._dirty.add(group_id)
+        return index_term
+
+    def read_index(self, group_id: int, context: bytes) -> None:
+        self._leader_core(group_id).read_index(context)
+        self._dirty.add(group_id)
+
+    def transfer_leadership(self, group_id: int, to: str) -> None:
+        self._leader_core(group_id).transfer_leadership(to)
+        self._dirty.add(group_id)
+
+    def campaign(self, group_id: int) -> None:
+        self._group(group_id).core.campaign()
+        self._dirty.add(group_id)
+
+    def has_work(self) -> bool:
+        """True when ``prepare`` may produce something (the driver's wake-up test)."""
+        return bool(
+            self._dirty
+            or self._batch
+            or self._statuses
+            or self._bootstrapping
+            or self._sender.has_chunks_to_send()
+        )
+
+    # --- the iteration ----------------------------------------------------------------
+
+    def prepare(self) -> Iteration:
+        """Collect every group's Ready into one batch and one frame per peer."""
+        self._require_idle()
+        batch = self._batch if self._batch is not None else WriteBatch(self._kv)
+        must_sync = self._batch_must_sync
+        self._batch, self._batch_must_sync = None, False
+        readies: list[_Processed] = []
+        outgoing: dict[str, list[Message]] = {}
+        for group_id in sorted(self._dirty):
+            group = self._groups.get(group_id)
+            if group is None or not group.core.has_ready():
+                continue
+            rd = group.core.ready()
+            applied = self._persist(group_id, group, rd, batch)
+            for msg in rd.messages:
+                if msg.type is MessageType.SNAPSHOT:
+                    self._start_snapshot(group_id, group, msg)
+                else:
+                    outgoing.setdefault(msg.to, []).append(msg)
+            must_sync = must_sync or rd.must_sync
+            readies.append(_Processed(group_id, group, rd, applied))
+        self._dirty.clear()
+        self._answer_declined_snapshots(batch)
+        frames = self._encode_frames(outgoing)
+        bootstrapped, self._bootstrapping = self._bootstrapping, {}
+        self._in_iteration = True
+        return Iteration(self._kv, batch, must_sync, frames, readies, bootstrapped)
+
+    def finish(self, iteration: Iteration) -> IterationResult:
+        """After the write (and the sends): expose the written state, advance
+        every core, and hand back apply results, read states, role changes."""
+        if not iteration.written:
+            raise InvariantViolation("finish before the batch was written")
+        result = IterationResult()
+        for group_id, group, rd, applied in iteration.readies:
+            group.storage.on_written()
+            group.core.advance(rd)
+            self._dirty.add(group_id)  # e.g. the leader's commit moved in advance
+            if applied is not None:
+                result.applied.append(applied)
+            if rd.soft_state is not None:
+                result.soft_states.append((group_id, rd.soft_state))
+            result.read_states.extend((group_id, rs) for rs in rd.read_states)
+        for group_id, storage in iteration.bootstrapped.items():
+            storage.on_written()
+            self._add_group(group_id, storage)
+        for group_id in sorted(self._solo):
+            self._maybe_campaign_alone(group_id)
+        self._in_iteration = False
+        return result
+
+    def abort(self, iteration: Iteration) -> None:
+        """The write failed: forget what was staged. The cores have handed out
+        Readys that were never persisted, so this host must not be used again."""
+        for processed in iteration.readies:
+            processed.group.storage.on_write_failed()
+        self._in_iteration = False
+
+    # --- persist and apply ------------------------------------------------------------
+
+    def _persist(
+        self, group_id: int, group: _Group, rd: Ready, batch: WriteBatch
+    ) -> AppliedBatch | None:
+        """Steps 1 and 3 of ``ready.py`` into the batch: install, append,
+        hard state, then apply (the state machine writes into the same batch)."""
+        if rd.snapshot is not None:
+            self._install_snapshot(group_id, group, rd.snapshot, batch)
+        if rd.entries:
+            group.storage.stage_append(batch, rd.entries)
+        if rd.hard_state is not None:
+            group.storage.stage_hard_state(batch, rd.hard_state)
+        if rd.committed_entries:
+            return self._apply(group_id, group, rd.committed_entries, batch)
+        return None
+
+    def _apply(
+        self, group_id: int, group: _Group, entries: list[Entry], batch: WriteBatch
+    ) -> AppliedBatch:
+        results = self._sm.apply(group_id, entries, batch)
+        if len(results) != len(entries):
+            raise InvariantViolation(
+                f"state machine gave {len(results)} results for {len(entries)}"
+            )
+        for position, entry in enumerate(entries):
+            if entry.type is EntryType.CONF_CHANGE:
+                conf = group.core.apply_conf_change(decode_conf_change(entry.data))
+                group.storage.stage_conf_state(batch, conf)
+                results[position] = conf
+        applied = entries[-1].index
+        storage = group.storage
+        if applied - storage.staged_first_index() + 1 > self._config.compact_threshold_entries:
+            storage.stage_compact(batch, applied - self._config.compact_keep_entries)
+        return AppliedBatch(group_id, entries, results)
+
+    # --- snapshots --------------------------------------------------------------------
+
+    def _start_snapshot(self, group_id: int, group: _Group, msg: Message) -> None:
+        # Send the state machine's current (durable) state, not the log's
+        # compaction base: it is newer and it is what the chunks contain.
+        snapshot = self._sm.snapshot(group_id)
+        index = snapshot.applied_index
+        meta = SnapshotMeta(
+            index=index, term=group.storage.term(index), conf_state=group.storage.conf_state
+        )
+        chunks = snapshot.chunks(self._config.snapshot_chunk_bytes)
+        self._sender.start(replace(msg, snapshot=meta), chunks)
+        self.stats.snapshots_sent += 1
+
+    def _on_status(self, peer: str, status: SnapshotStatus) -> None:
+        group = self._groups.get(status.group_id)
+        if group is not None and self._sender.finish(status.group_id, peer, status.snapshot_index):
+            if not status.success:
+                self.stats.snapshot_failures += 1
+            group.core.report_snapshot(peer, status.success)
+            self._dirty.add(status.group_id)
+
+    def _on_chunk(self, peer: str, chunk: SnapshotChunk) -> None:
+        group = self._groups.get(chunk.group_id)
+        if group is None:
+            self.stats.dropped_unknown_group += 1
+            return
+        stage, abandoned = self._receiver.accept_chunk(peer, chunk)
+        batch = self._pending_batch()
+        if abandoned:
+            group.storage.stage_clear_incoming(batch)
+        if stage:
+            group.storage.stage_incoming_chunk(batch, chunk.seq, chunk.data)
+        else:
+            self.stats.dropped_snapshots += 1
+            self._queue_status(peer, chunk.group_id, chunk.snapshot_index, success=False)
+
+    def _on_snapshot_message(self, group_id: int, group: _Group, msg: Message) -> None:
+        """Step a SNAPSHOT into the core only with all its chunks staged and
+        restored (into a scratch batch: a bad chunk must not reach the core)."""
+        meta = msg.snapshot
+        transfer = self._receiver.complete_for(group_id, msg.sender, meta.index) if meta else None
+        if meta is None or transfer is None:
+            self.stats.dropped_snapshots += 1
+            if meta is not None:
+                self._queue_status(msg.sender, group_id, meta.index, success=False)
+            return
+        pending = self._pending_batch()
+        chunks = group.storage.incoming_chunks(pending, transfer.chunk_count)
+        scratch = WriteBatch(pending)
+        try:
+            if chunks is None:
+                raise CodecError("staged snapshot chunks are missing")
+            self._sm.restore(group_id, meta.index, chunks, scratch)
+        except CodecError as exc:
+            _log.warning("raft group %d: bad snapshot from %s: %s", group_id, msg.sender, exc)
+            del self._receiver.transfers[group_id]
+            group.storage.stage_clear_incoming(pending)
+            self.stats.snapshot_failures += 1
+            self._queue_status(msg.sender, group_id, meta.index, success=False)
+            return
+        transfer.restored = scratch
+        group.core.step(msg)
+        self._dirty.add(group_id)
+
+    def _install_snapshot(
+        self, group_id: int, group: _Group, meta: SnapshotMeta, batch: WriteBatch
+    ) -> None:
+        transfer = self._receiver.transfers.pop(group_id, None)
+        if transfer is None or transfer.restored is None or transfer.snapshot_index != meta.index:
+            raise InvariantViolation(f"group {group_id}: core installs an unstaged snapshot")
+        group.storage.stage_snapshot(batch, meta)
+        for key, value in transfer.restored.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        group.storage.stage_clear_incoming(batch)
+        self._queue_status(transfer.sender, group_id, meta.index, success=True)
+        self.stats.snapshots_installed += 1
+
+    def _answer_declined_snapshots(self, batch: WriteBatch) -> None:
+        """A snapshot the core did not install (it was already up to date):
+        drop the staged chunks and let the leader move on."""
+        declined = [g for g, t in self._receiver.transfers.items() if t.restored is not None]
+        for group_id in declined:
+            transfer = self._receiver.transfers.pop(group_id)
+            if group_id in self._groups:
+                self._groups[group_id].storage.stage_clear_incoming(batch)
+            self._queue_status(transfer.sender, group_id, transfer.snapshot_index, success=True)
+
+    def _queue_status(self, peer: str, group_id: int, index: int, *, success: bool) -> None:
+        status = SnapshotStatus(group_id=group_id, snapshot_index=index, success=success)
+        self._statuses.setdefault(peer, []).append(status)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _encode_frames(self, outgoing: dict[str, list[Message]]) -> dict[str, bytes]:
+        chunks: dict[str, list[SnapshotChunk]] = {}
+        for peer, chunk, message in self._sender.next_chunks():
+            chunks.setdefault(peer, []).append(chunk)
+            if message is not None:
+                outgoing.setdefault(peer, []).append(message)
+        statuses, self._statuses = self._statuses, {}
+        peers = sorted(outgoing.keys() | chunks.keys() | statuses.keys())
+        return {
+            peer: encode_frame(
+                self.node_id,
+                peer,
+                outgoing.get(peer, ()),
+                chunks.get(peer, ()),
+                statuses.get(peer, ()),
+            )
+            for peer in peers
+        }
+
+    def _add_group(self, group_id: int, storage: LevelDBStorage) -> None:
+        config = replace(
+            self._template,
+            node_id=self.node_id,
+            group_id=group_id,
+            applied_index=self._sm.applied_index(group_id),
+        )
+        core = RaftNode(config, storage, random.Random(self._rng.getrandbits(64)))
+        self._groups[group_id] = _Group(core, storage)
+        self._dirty.add(group_id)
+        if core.conf_state.voters == (self.node_id,):
+            self._solo.add(group_id)
+            self._maybe_campaign_alone(group_id)
+
+    def _maybe_campaign_alone(self, group_id: int) -> None:
+        """A group whose only voter is this node need not wait an election
+        timeout. The core refuses to campaign with a committed conf change
+        unapplied (e.g. the bootstrap entries), so retry after each apply."""
+        core = self._groups[group_id].core
+        if core.applied_index >= core.commit_index:
+            self._solo.discard(group_id)
+            core.campaign()
+
+    def _pending_batch(self) -> WriteBatch:
+        if self._batch is None:
+            self._batch = WriteBatch(self._kv)
+        return self._batch
+
+    def _group(self, group_id: int) -> _Group:
+        group = self._groups.get(group_id)
+        if group is None:
+            raise NotLeader(group_id, None)
+        return group
+
+    def _leader_core(self, group_id: int) -> RaftNode:
+        self._require_idle()
+        return self._group(group_id).core
+
+    def _require_idle(self) -> None:
+        if self._in_iteration:
+            raise InvariantViolation("NodeHost used between prepare() and finish()")
+
+
+def _is_blank(storage: LevelDBStorage) -> bool:
+    hard_state, conf_state = storage.initial_state()
+    return (
+        storage.last_index() == 0
+        and storage.snapshot_meta().index == 0
+        and hard_state.term == 0
+        and not conf_state.voters
+        and not conf_state.learners
+    )

@@ -1,0 +1,280 @@
+"""NodeHost driven by hand: real LevelDB in temp dirs, frames passed between
+hosts by the test, so every interleaving is deterministic."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastpaca.errors import InvariantViolation, NotLeader
+from fastpaca.raft.codec import CodecError, decode_frame, encode_frame
+from fastpaca.raft.core import RaftConfig
+from fastpaca.raft.host import HostConfig, IterationResult, NodeHost
+from fastpaca.raft.kv import LevelDBKV
+from fastpaca.raft.leveldb import LevelDBStorage
+from fastpaca.raft.messages import ConfState, Message, MessageType
+from fastpaca.raft.testing import KVStateMachine, put_command
+
+NAMES = ("n1", "n2", "n3")
+
+
+class Cluster:
+    """Hosts that exchange frames through per-node inboxes; ``cut`` nodes
+    neither send nor receive."""
+
+    def __init__(self, root: Path, names: tuple[str, ...], config: HostConfig | None = None):
+        self.root = root
+        self.config = config or HostConfig()
+        self.kvs: dict[str, LevelDBKV] = {}
+        self.hosts: dict[str, NodeHost] = {}
+        self.sms: dict[str, KVStateMachine] = {}
+        self.inbox: dict[str, list[tuple[str, bytes]]] = {n: [] for n in names}
+        self.cut: set[str] = set()
+        self.results: dict[str, list[IterationResult]] = {n: [] for n in names}
+        self.frames_per_iteration: list[dict[str, bytes]] = []
+        for name in names:
+            self.start(name)
+
+    def start(self, name: str) -> NodeHost:
+        kv = LevelDBKV(str(self.root / name))
+        sm = KVStateMachine(kv)
+        template = RaftConfig(node_id=name, group_id=0, election_timeout_ticks=10)
+        host = NodeHost(name, kv, sm, template, random.Random(name), self.config)
+        host.open_groups()
+        self.kvs[name], self.sms[name], self.hosts[name] = kv, sm, host
+        return host
+
+    def stop(self, name: str) -> None:
+        self.kvs.pop(name).close()
+        del self.hosts[name]
+        self.inbox[name].clear()
+
+    def close(self) -> None:
+        for kv in self.kvs.values():
+            kv.close()
+
+    def iterate(self, name: str) -> None:
+        host = self.hosts[name]
+        for peer, frame in self.inbox[name]:
+            host.receive(peer, frame)
+        self.inbox[name].clear()
+        if not host.has_work():
+            return
+        iteration = host.prepare()
+        iteration.write()
+        frames = iteration.frames()
+        self.frames_per_iteration.append(frames)
+        for peer, frame in frames.items():
+            if name not in self.cut and peer not in self.cut and peer in self.hosts:
+                self.inbox[peer].append((name, frame))
+        self.results[name].append(host.finish(iteration))
+
+    def round(self, *, tick: bool = False) -> None:
+        for name in sorted(self.hosts):
+            if tick:
+                self.hosts[name].tick()
+            self.iterate(name)
+
+    def settle(self, rounds: int = 30) -> None:
+        for _ in range(rounds):
+            self.round()
+
+    def elect(self, group_id: int, rounds: int = 100) -> str:
+        for _ in range(rounds):
+            self.round(tick=True)
+            leaders = [n for n, h in self.hosts.items() if h.is_leader(group_id)]
+            if leaders and n_not_cut(leaders, self.cut):
+                self.settle(5)
+                return n_not_cut(leaders, self.cut)[0]
+        raise AssertionError(f"no leader for group {group_id}")
+
+    def applied(self, name: str, group_id: int) -> list[object]:
+        return [
+            result
+            for it in self.results[name]
+            for batch in it.applied
+            if batch.group_id == group_id
+            for result in batch.results
+        ]
+
+
+def n_not_cut(names: list[str], cut: set[str]) -> list[str]:
+    return [n for n in names if n not in cut]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, NAMES)
+    yield c
+    c.close()
+
+
+def test_single_voter_group_elects_itself_applies_and_restarts(tmp_path: Path) -> None:
+    solo = Cluster(tmp_path, ("n1",))
+    host = solo.hosts["n1"]
+    host.ensure_group(5, ["n1"])
+    solo.settle(3)
+    assert host.is_leader(5)
+    index, term = host.propose(5, put_command(b"k", b"v1"))
+    host.propose(5, put_command(b"k", b"v2"))
+    solo.settle(3)
+    assert solo.sms["n1"].get(5, b"k") == b"v2"
+    results = solo.applied("n1", 5)
+    assert results[-2:] == [None, b"v1"]  # put returns the previous value
+    applied_before = solo.sms["n1"].applied_index(5)
+    solo.stop("n1")
+
+    host = solo.start("n1")
+    assert host.group_ids() == [5]
+    assert host.core(5).applied_index == applied_before  # nothing replayed
+    solo.settle(3)
+    assert host.is_leader(5)
+    assert host.core(5).term > term
+    assert solo.sms["n1"].get(5, b"k") == b"v2"
+    assert host.core(5).log_term(index) == term
+    solo.close()
+
+
+def test_three_hosts_replicate_many_groups_in_one_frame_per_peer(cluster: Cluster) -> None:
+    groups = range(8)
+    for host in cluster.hosts.values():
+        for group_id in groups:
+            host.ensure_group(group_id, NAMES)
+    leaders = {g: cluster.elect(g) for g in groups}
+    for g, leader in leaders.items():
+        cluster.hosts[leader].propose(g, put_command(b"key", f"value-{g}".encode()))
+    cluster.settle(10)
+    for name in NAMES:
+        for g in groups:
+            assert cluster.sms[name].get(g, b"key") == f"value-{g}".encode()
+    # One frame per peer per iteration, heartbeats of all groups coalesced.
+    cluster.frames_per_iteration.clear()
+    for _ in range(3):
+        cluster.round(tick=True)
+    for frames in cluster.frames_per_iteration:
+        for frame in frames.values():
+            decoded = decode_frame(frame)
+            heartbeats = [m for m in decoded.messages if m.type is MessageType.HEARTBEAT]
+            assert len({m.group_id for m in heartbeats}) == len(heartbeats)
+
+
+def test_frames_and_finish_refuse_to_run_before_the_write(cluster: Cluster) -> None:
+    host = cluster.hosts["n1"]
+    host.ensure_group(1, NAMES)
+    iteration = host.prepare()
+    assert iteration.must_sync  # the bootstrap is written synced
+    with pytest.raises(InvariantViolation):
+        iteration.frames()
+    with pytest.raises(InvariantViolation):
+        host.finish(iteration)
+    with pytest.raises(InvariantViolation):
+        host.propose(1, b"x")  # not re-entrant while an iteration is open
+    iteration.write()
+    host.finish(iteration)
+    assert host.group_ids() == [1]
+
+
+def test_bad_input_is_dropped_counted_or_refused(cluster: Cluster) -> None:
+    host = cluster.hosts["n1"]
+    for each in cluster.hosts.values():
+        each.ensure_group(1, NAMES)
+    cluster.elect(1)
+    stray = Message(type=MessageType.HEARTBEAT, group_id=99, sender="n2", to="n1", term=5)
+    host.receive("n2", encode_frame("n2", "n1", [stray]))
+    assert host.stats.dropped_unknown_group == 1
+    elsewhere = Message(type=MessageType.HEARTBEAT, group_id=1, sender="n2", to="n3", term=5)
+    host.receive("n2", encode_frame("n2", "n3", [elsewhere]))
+    assert host.stats.dropped_misaddressed == 1
+    with pytest.raises(CodecError, match="claims"):
+        host.receive("n3", encode_frame("n2", "n1", []))
+    with pytest.raises(CodecError):
+        host.receive("n2", b"\x01garbage")
+    # Old term: the core drops and counts it.
+    before = host.dropped_by_cores
+    old = Message(type=MessageType.APPEND_RESP, group_id=1, sender="n2", to="n1", term=0)
+    host.receive("n2", encode_frame("n2", "n1", [old]))
+    assert host.dropped_by_cores == before + 1
+
+
+def test_not_leader_names_the_leader(cluster: Cluster) -> None:
+    for host in cluster.hosts.values():
+        host.ensure_group(3, NAMES)
+    leader = cluster.elect(3)
+    follower = next(n for n in NAMES if n != leader)
+    with pytest.raises(NotLeader) as caught:
+        cluster.hosts[follower].propose(3, b"x")
+    assert caught.value.leader_hint == leader
+    with pytest.raises(NotLeader):
+        cluster.hosts[leader].propose(77, b"x")  # a group this node does not host
+
+
+def test_lagging_follower_catches_up_by_chunked_snapshot(tmp_path: Path) -> None:
+    config = HostConfig(
+        snapshot_chunk_bytes=64, compact_threshold_entries=20, compact_keep_entries=5
+    )
+    cluster = Cluster(tmp_path, NAMES, config)
+    try:
+        for host in cluster.hosts.values():
+            host.ensure_group(2, NAMES)
+        leader = cluster.elect(2)
+        lagger = next(n for n in NAMES if n != leader)
+        cluster.cut.add(lagger)
+        for i in range(60):
+            cluster.hosts[leader].propose(2, put_command(f"k{i:02d}".encode(), b"v" * 20))
+            cluster.round(tick=i % 5 == 0)
+        cluster.settle(5)
+        leader_storage = LevelDBStorage.open(cluster.kvs[leader], 2)
+        assert leader_storage.first_index() > 10  # compacted past what the lagger has
+        cluster.cut.clear()
+        for _ in range(200):
+            cluster.round(tick=True)
+            if cluster.sms[lagger].items(2) == cluster.sms[leader].items(2):
+                break
+        assert cluster.sms[lagger].items(2) == cluster.sms[leader].items(2)
+        assert len(cluster.sms[lagger].items(2)) == 60
+        lag_host = cluster.hosts[lagger]
+        assert lag_host.stats.snapshots_installed == 1
+        assert cluster.hosts[leader].stats.snapshots_sent >= 1
+        # The staged chunks are gone and the log restarts after the snapshot.
+        prefix = b"r\x00\x02x"
+        assert list(cluster.kvs[lagger].iterate(prefix, prefix + b"\xff")) == []
+        assert lag_host.core(2).conf_state == ConfState(voters=NAMES)
+        # It keeps replicating normally afterwards.
+        cluster.hosts[leader].propose(2, put_command(b"after", b"snap"))
+        cluster.settle(5)
+        assert cluster.sms[lagger].get(2, b"after") == b"snap"
+    finally:
+        cluster.close()
+
+
+def test_idle_groups_produce_no_work_without_ticks(cluster: Cluster) -> None:
+    for host in cluster.hosts.values():
+        for group_id in range(50):
+            host.ensure_group(group_id, NAMES)
+    for group_id in range(50):
+        cluster.elect(group_id)
+    cluster.settle(10)
+    assert not any(host.has_work() for host in cluster.hosts.values())
+    leader = next(n for n in NAMES if cluster.hosts[n].is_leader(7))
+    cluster.hosts[leader].propose(7, b"")
+    iteration = cluster.hosts[leader].prepare()
+    assert [p.group_id for p in iteration.readies] == [7]  # only the busy group
+    iteration.write()
+    cluster.hosts[leader].finish(iteration)
+
+
+def test_removed_group_leaves_no_keys(cluster: Cluster) -> None:
+    host = cluster.hosts["n1"]
+    host.ensure_group(4, ["n1"])
+    cluster.settle(3)
+    host.propose(4, put_command(b"a", b"b"))
+    cluster.settle(3)
+    host.remove_group(4)
+    cluster.settle(1)
+    kv = cluster.kvs["n1"]
+    assert list(kv.iterate(b"r\x00\x04", b"r\x00\x05")) == []
+    assert list(kv.iterate(b"s\x00\x04", b"s\x00\x05")) == []
+    assert host.group_ids() == []
