@@ -1,0 +1,1 @@
+"""Deterministic simulation of many-group Raft: one seed drives a whole run."""

@@ -1,0 +1,90 @@
+"""The fault schedule: partitions and crashes during the safety phase.
+
+Owns *when* and *where* faults strike; the network and the simulator carry
+them out. Draws only from the simulator's rng. A crash is either immediate
+(between iterations) or planned for a point inside the node's next iteration
+(before its write, after the write, after sending), which is where a driver
+is most fragile. At most a minority of nodes is down at once, so the cluster
+is supposed to keep working (the VOPR's "one good copy" rule).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .process import CrashPoint
+
+if TYPE_CHECKING:
+    from .simulator import Simulator
+
+__all__ = ["FaultSchedule"]
+
+
+class FaultSchedule:
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+        self._params = sim.params
+
+    def start(self) -> None:
+        if self._params.partition_interval_ms:
+            self._next(self._params.partition_interval_ms, "partition", self._partition)
+        if self._params.crash_interval_ms:
+            self._next(self._params.crash_interval_ms, "crash", self._crash)
+
+    def _next(self, mean_ms: int, label: str, action: object) -> None:
+        assert callable(action)
+        delay_ms = self._sim.rng.randint(mean_ms // 2, mean_ms * 3 // 2)
+        self._sim.queue.schedule(delay_ms, f"fault {label}", action)
+
+    def downtime_ms(self) -> int:
+        return self._sim.rng.randint(5, self._params.downtime_ms_max)
+
+    # --- partitions ------------------------------------------------------------
+
+    def _partition(self) -> None:
+        sim = self._sim
+        if sim.phase != "safety":
+            return
+        rng = sim.rng
+        nodes = list(self._params.node_ids)
+        kind = rng.choice(("isolate", "isolate_one_way", "split", "links"))
+        if kind == "isolate":
+            cut = sim.network.split([rng.choice(nodes)], one_way=False)
+        elif kind == "isolate_one_way":
+            cut = sim.network.split([rng.choice(nodes)], one_way=True)
+        elif kind == "split":
+            side = rng.sample(nodes, rng.randint(1, len(nodes) // 2))
+            cut = sim.network.split(side, one_way=rng.random() < 0.3)
+        else:
+            pairs = [(a, b) for a in nodes for b in nodes if a != b]
+            cut = rng.sample(pairs, rng.randint(1, len(pairs) // 2))
+            sim.network.block(cut)
+        sim.note(f"partition {kind}: {sorted(cut)}")
+        heal_ms = rng.randint(20, self._params.partition_duration_ms_max)
+        sim.queue.schedule(heal_ms, "fault heal", self._heal)
+
+    def _heal(self) -> None:
+        if self._sim.phase != "safety":
+            return
+        self._sim.network.heal()
+        self._next(self._params.partition_interval_ms, "partition", self._partition)
+
+    # --- crashes -----------------------------------------------------------------
+
+    def _crash(self) -> None:
+        sim = self._sim
+        if sim.phase != "safety":
+            return
+        self._next(self._params.crash_interval_ms, "crash", self._crash)
+        up = sim.up_nodes()
+        down = len(self._params.node_ids) - len(up)
+        if down >= (len(self._params.node_ids) - 1) // 2:
+            return
+        victim = sim.rng.choice(up)
+        if sim.rng.random() < 0.3:
+            sim.crash(victim, "immediate")
+            return
+        slot = sim.slots[victim]
+        slot.crash_at = sim.rng.choice(CrashPoint.ALL)
+        sim.note(f"crash planned on {victim} at {slot.crash_at}")
+        sim.wake(victim)

@@ -1,0 +1,94 @@
+"""Every knob of one simulated run, drawn from the run's seed.
+
+Owns the mapping seed → parameters (the VOPR idea: the seed alone names the
+run, so a failing seed replays exactly). It draws from the simulator's one
+``random.Random`` in a fixed order and must not touch any other randomness;
+adding a knob appends a draw at the end so existing seeds keep their meaning
+as far as possible.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = ["SimParams", "draw_params"]
+
+TICK_MS = 10
+"""Nominal period of a node's tick: the core counts election and heartbeat
+timeouts in ticks, so this only scales simulated time."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimParams:
+    seed: int
+    storage: str
+    """``"memory"`` (MemoryKV) or ``"leveldb"`` (LevelDBKV in a temp dir)."""
+    node_ids: tuple[str, ...]
+    group_count: int
+    replicas_per_group: int
+    tick_ms_by_node: tuple[int, ...]
+    """Per-node tick period: clock drift makes nodes time out at different rates."""
+    latency_ms_by_link: dict[tuple[str, str], int]
+    jitter_ms_max: int
+    drop_rate: float
+    duplicate_rate: float
+    reorder_rate: float
+    reorder_delay_ms_max: int
+    partition_interval_ms: int
+    """Mean time between partition changes; 0 disables partitions."""
+    partition_duration_ms_max: int
+    crash_interval_ms: int
+    """Mean time between crashes; 0 disables them."""
+    downtime_ms_max: int
+    write_fault_rate: float
+    """Chance that a node's disk write fails (the node then crashes)."""
+    propose_interval_ms: int
+    conf_change_interval_ms: int
+    """Mean time between membership changes; 0 disables them."""
+    transfer_interval_ms: int
+    """Mean time between leadership transfers; 0 disables them."""
+    compact_interval_ms: int
+    """How often a node snapshots and compacts its logs; 0 disables it."""
+    safety_ms: int
+    liveness_ms_max: int
+
+
+def _sometimes(rng: random.Random, chance: float, value: int) -> int:
+    return value if rng.random() < chance else 0
+
+
+def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
+    node_count = 5 if rng.random() < 0.25 else 3
+    node_ids = tuple(f"n{i + 1}" for i in range(node_count))
+    group_count = rng.choice((1, 1, 2, 2, 3, 4, 6, 8))
+    base_latency = rng.randint(1, 15)
+    latency = {
+        (a, b): base_latency + rng.randint(0, 10) for a in node_ids for b in node_ids if a != b
+    }
+    faulty_network = rng.random() < 0.8
+    return SimParams(
+        seed=seed,
+        storage="leveldb" if seed % 2 else "memory",
+        node_ids=node_ids,
+        group_count=group_count,
+        replicas_per_group=3,
+        tick_ms_by_node=tuple(TICK_MS + rng.randint(-1, 1) for _ in node_ids),
+        latency_ms_by_link=latency,
+        jitter_ms_max=rng.randint(0, 10),
+        drop_rate=rng.uniform(0.0, 0.15) if faulty_network else 0.0,
+        duplicate_rate=rng.uniform(0.0, 0.05) if faulty_network else 0.0,
+        reorder_rate=rng.uniform(0.0, 0.1) if faulty_network else 0.0,
+        reorder_delay_ms_max=rng.randint(20, 200),
+        partition_interval_ms=_sometimes(rng, 0.7, rng.randint(100, 1000)),
+        partition_duration_ms_max=rng.randint(100, 1000),
+        crash_interval_ms=_sometimes(rng, 0.85, rng.randint(80, 800)),
+        downtime_ms_max=rng.randint(20, 800),
+        write_fault_rate=rng.choice((0.0, 0.0, 0.002, 0.01)),
+        propose_interval_ms=rng.randint(3, 40),
+        conf_change_interval_ms=_sometimes(rng, 0.5, rng.randint(300, 1500)),
+        transfer_interval_ms=_sometimes(rng, 0.5, rng.randint(300, 1500)),
+        compact_interval_ms=_sometimes(rng, 0.7, rng.randint(100, 800)),
+        safety_ms=safety_ms,
+        liveness_ms_max=10_000,
+    )

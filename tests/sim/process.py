@@ -1,0 +1,101 @@
+"""What the simulator needs from one node's running software.
+
+Owns the seam between the simulator (time, network, faults, workload) and a
+level's node driver: level 1 drives bare ``RaftNode``s over ``MemoryStorage``
+(``level1.py``), level 2 drives a real ``NodeHost`` over the node's KV
+(``level2.py``). A process is volatile: a crash discards it and a restart
+builds a new one from the node's durable state. Processes report to the
+checker themselves, at the moment the thing happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastpaca.raft.messages import ConfChange, ConfState
+
+__all__ = ["CrashPoint", "GroupView", "NodeProcess", "ProcessCrashed", "Send"]
+
+Send = Callable[[str, object], None]
+"""Hand (peer, payload) to the network."""
+
+
+class ProcessCrashed(Exception):
+    """Raised out of ``iterate`` when the planned crash point is reached."""
+
+
+class CrashPoint:
+    """Where inside one iteration a planned crash lands."""
+
+    BEFORE_WRITE = "before_write"
+    """The iteration's writes are lost."""
+    AFTER_WRITE = "after_write"
+    """Durable, but nothing sent or applied."""
+    AFTER_SEND = "after_send"
+    """Durable and sent; applies lost (they will be redone after restart)."""
+    ALL = (BEFORE_WRITE, AFTER_WRITE, AFTER_SEND)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """One replica's volatile view of a group, for the workload and liveness."""
+
+    is_leader: bool
+    leader_id: str | None
+    term: int
+    commit_index: int
+    applied_index: int
+    last_index: int
+    conf_state: ConfState
+
+
+class NodeProcess(Protocol):
+    node_id: str
+
+    def tick(self) -> None: ...
+
+    def receive(self, sender: str, payload: object) -> None: ...
+
+    def iterate(self, send: Send, crash_at: str | None) -> bool:
+        """One driver iteration: persist, send, apply, advance what is ready;
+        raise ``ProcessCrashed`` at ``crash_at`` if given. True when more
+        work is already waiting (the simulator runs another iteration)."""
+        ...
+
+    def groups(self) -> list[int]: ...
+
+    def view(self, group: int) -> GroupView | None: ...
+
+    def ensure_group(self, group: int, conf_state: ConfState) -> None:
+        """Host ``group`` (empty, waiting for its leader) if not yet hosted."""
+        ...
+
+    def propose(self, group: int, data: bytes) -> None:
+        """Raises a ``RaftError`` when refused; the ack is reported to the
+        checker once the proposer learns the entry was applied."""
+        ...
+
+    def propose_conf_change(self, group: int, change: ConfChange) -> None: ...
+
+    def transfer_leadership(self, group: int, target: str) -> None: ...
+
+    def read_index(self, group: int, context: bytes) -> None: ...
+
+    def compact(self, group: int) -> None:
+        """Snapshot the state machine and compact the log (if the level does)."""
+        ...
+
+    def applied_state(self, group: int) -> object:
+        """A comparable digest of the group's applied state machine state."""
+        ...
+
+    def applied_data(self, group: int) -> dict[int, bytes] | None:
+        """index → data of the normal entries reflected in the state, when
+        the level's state machine can tell (None otherwise)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (not a crash: durable state stays)."""
+        ...

@@ -1,0 +1,344 @@
+"""The simulator: one seed, one execution of N nodes x G Raft groups.
+
+Owns simulated time and the run's shape: the event loop, node lifecycles
+(start, crash, restart), the two phases (safety with faults on, then liveness
+with everything healed) and the final convergence checks. The network,
+faults, workload and checker live in their own modules; a *level* supplies
+the node software (``level1.py`` bare cores, ``level2.py`` real NodeHosts).
+
+Everything random comes from ``self.rng`` = ``random.Random(seed)``, drawn in
+event order, so a seed replays exactly; ``Trace`` fingerprints the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fastpaca.raft.messages import ConfState
+
+from .checker import InvariantChecker, InvariantViolation
+from .disk import DiskFault
+from .events import EventQueue
+from .faults import FaultSchedule
+from .network import SimNetwork
+from .params import SimParams, draw_params
+from .process import NodeProcess, ProcessCrashed
+from .trace import Trace
+from .workload import Workload
+
+__all__ = ["Level", "NodeSlot", "SimResult", "SimulationFailure", "Simulator"]
+
+CONVERGE_CHECK_MS = 50
+
+
+class SimulationFailure(AssertionError):
+    """A seed broke an invariant or failed to converge."""
+
+
+@dataclass(slots=True)
+class NodeSlot:
+    """A simulated machine: durable state that outlives its processes."""
+
+    node_id: str
+    tick_ms: int
+    durable: object
+    process: NodeProcess | None = None
+    generation: int = 0
+    """Bumped on crash so events scheduled for a dead process do nothing."""
+    crash_at: str | None = None
+    iteration_scheduled: bool = False
+    crashes: int = 0
+
+
+class Level(Protocol):
+    name: str
+
+    def new_durable(self, node_id: str) -> object: ...
+
+    def start(self, slot: NodeSlot) -> NodeProcess: ...
+
+    def on_crash(self, slot: NodeSlot) -> None:
+        """Apply the crash to the durable state (lose unsynced writes)."""
+        ...
+
+    def disable_faults(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    level: str
+    digest: str
+    converged_at_ms: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Simulator:
+    def __init__(
+        self,
+        seed: int,
+        level_factory: Callable[[Simulator], Level],
+        *,
+        safety_ms: int = 2_000,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.params: SimParams = draw_params(seed, self.rng, safety_ms=safety_ms)
+        self.queue = EventQueue()
+        self.checker = InvariantChecker()
+        self.trace = Trace()
+        self.network = SimNetwork(self.params, self.rng, self.queue, self._deliver)
+        self.placement = {
+            group: tuple(sorted(self.rng.sample(self.params.node_ids, 3)))
+            for group in range(self.params.group_count)
+        }
+        self.phase = "safety"
+        self.level = level_factory(self)
+        self.slots = {
+            node_id: NodeSlot(node_id, tick_ms, self.level.new_durable(node_id))
+            for node_id, tick_ms in zip(
+                self.params.node_ids, self.params.tick_ms_by_node, strict=True
+            )
+        }
+        self.workload = Workload(self)
+        self.faults = FaultSchedule(self)
+
+    # --- node lifecycle ------------------------------------------------------
+
+    def process(self, node_id: str) -> NodeProcess | None:
+        return self.slots[node_id].process
+
+    def up_nodes(self) -> list[str]:
+        return [n for n, slot in self.slots.items() if slot.process is not None]
+
+    def note(self, line: str) -> None:
+        self.trace.record(self.queue.now_ms, line)
+
+    def _boot(self) -> None:
+        for node_id, slot in self.slots.items():
+            self._start(slot)
+            process = slot.process
+            assert process is not None
+            for group, replicas in self.placement.items():
+                if node_id in replicas:
+                    process.ensure_group(group, ConfState(voters=replicas))
+            self.wake(node_id)
+
+    def _start(self, slot: NodeSlot) -> None:
+        slot.process = self.level.start(slot)
+        slot.iteration_scheduled = False
+        self._schedule_tick(slot, slot.generation)
+
+    def crash(self, node_id: str, reason: str) -> None:
+        slot = self.slots[node_id]
+        if slot.process is None:
+            return
+        self.note(f"crash {node_id} ({reason})")
+        slot.process = None
+        slot.generation += 1
+        slot.crash_at = None
+        slot.crashes += 1
+        self.level.on_crash(slot)
+        downtime_ms = 0 if self.phase != "safety" else self.faults.downtime_ms()
+        self.queue.schedule(downtime_ms, f"restart {node_id}", lambda: self.restart(node_id))
+
+    def restart(self, node_id: str) -> None:
+        slot = self.slots[node_id]
+        if slot.process is not None:
+            return
+        self.note(f"restart {node_id}")
+        self._start(slot)
+        self.wake(node_id)
+
+    def wake(self, node_id: str) -> None:
+        """The node has work: run an iteration soon (coalescing inputs)."""
+        slot = self.slots[node_id]
+        if slot.process is None or slot.iteration_scheduled:
+            return
+        slot.iteration_scheduled = True
+        generation = slot.generation
+        self.queue.schedule(1, f"iter {node_id}", lambda: self._iterate(slot, generation))
+
+    def _iterate(self, slot: NodeSlot, generation: int) -> None:
+        process = slot.process
+        if process is None or slot.generation != generation:
+            return
+        slot.iteration_scheduled = False
+        node_id = slot.node_id
+
+        def send(peer: str, payload: object) -> None:
+            self.network.send(node_id, peer, payload)
+
+        try:
+            more = process.iterate(send, slot.crash_at)
+        except ProcessCrashed:
+            self.crash(node_id, f"planned at {slot.crash_at}")
+            return
+        except DiskFault:
+            self.crash(node_id, "disk write failed")
+            return
+        if more:
+            self.wake(node_id)
+
+    def _schedule_tick(self, slot: NodeSlot, generation: int) -> None:
+        def tick() -> None:
+            process = slot.process
+            if process is None or slot.generation != generation:
+                return
+            process.tick()
+            self.wake(slot.node_id)
+            self._schedule_tick(slot, generation)
+
+        self.queue.schedule(slot.tick_ms, f"tick {slot.node_id}", tick)
+
+    def _deliver(self, sender: str, receiver: str, payload: object) -> None:
+        process = self.slots[receiver].process
+        if process is None:
+            return
+        process.receive(sender, payload)
+        self.wake(receiver)
+
+    # --- running -------------------------------------------------------------
+
+    def _run_until(self, deadline_ms: int) -> None:
+        while (popped := self.queue.pop_until(deadline_ms)) is not None:
+            label, action = popped
+            self.trace.record(self.queue.now_ms, label)
+            action()
+
+    def run(self) -> SimResult:
+        try:
+            return self._run()
+        except Exception as exc:  # an invariant, or a crash of the code under test
+            raise SimulationFailure(self.failure_report(f"{type(exc).__name__}: {exc}")) from exc
+        finally:
+            self.level.close()
+
+    def failure_report(self, problem: str) -> str:
+        return (
+            f"seed {self.seed} ({self.level.name}, {self.params.storage} storage, "
+            f"{len(self.params.node_ids)} nodes, {self.params.group_count} groups) "
+            f"at {self.queue.now_ms} ms: {problem}\n"
+            f"--- last events ---\n{self.trace.tail()}\n"
+            f"reproduce: pytest tests/sim --seed={self.seed}"
+        )
+
+    def _run(self) -> SimResult:
+        self._boot()
+        self.workload.start()
+        self.faults.start()
+        self._run_until(self.params.safety_ms)
+        self._enter_liveness()
+        deadline_ms = self.queue.now_ms + self.params.liveness_ms_max
+        while True:
+            self._run_until(self.queue.now_ms + CONVERGE_CHECK_MS)
+            problem = self.convergence_problem()
+            if problem is None:
+                break
+            if self.queue.now_ms >= deadline_ms:
+                raise SimulationFailure(f"no convergence within liveness window: {problem}")
+        self._check_final_state()
+        return SimResult(
+            seed=self.seed,
+            level=self.level.name,
+            digest=self.trace.digest(),
+            converged_at_ms=self.queue.now_ms,
+            stats=self._stats(),
+        )
+
+    def _enter_liveness(self) -> None:
+        self.phase = "liveness"
+        self.note("liveness: heal network, restart nodes, faults off")
+        self.network.heal()
+        self.network.faults_enabled = False
+        self.level.disable_faults()
+        for node_id, slot in self.slots.items():
+            slot.crash_at = None
+            if slot.process is None:
+                self.restart(node_id)
+
+    # --- convergence ---------------------------------------------------------
+
+    def members(self, group: int) -> tuple[str, ConfState] | None:
+        """The group's single leader and its membership, if there is one."""
+        leaders = []
+        for node_id in self.up_nodes():
+            process = self.slots[node_id].process
+            assert process is not None
+            view = process.view(group)
+            if view is not None and view.is_leader:
+                leaders.append((node_id, view))
+        if len(leaders) != 1:
+            return None
+        return leaders[0][0], leaders[0][1].conf_state
+
+    def convergence_problem(self) -> str | None:
+        for group in range(self.params.group_count):
+            found = self.members(group)
+            if found is None:
+                return f"group {group} has no single leader"
+            leader_id, conf = found
+            leader = self.slots[leader_id].process
+            assert leader is not None
+            lead_view = leader.view(group)
+            assert lead_view is not None
+            if lead_view.commit_index != lead_view.last_index:
+                return f"group {group}: leader commit {lead_view.commit_index} < last"
+            state = leader.applied_state(group)
+            for member in sorted((*conf.voters, *conf.learners)):
+                process = self.slots[member].process
+                view = process.view(group) if process is not None else None
+                if process is None or view is None:
+                    return f"group {group}: member {member} does not host it"
+                if view.applied_index != lead_view.last_index or view.leader_id != leader_id:
+                    return (
+                        f"group {group}: {member} applied {view.applied_index}/"
+                        f"{lead_view.last_index}, leader {view.leader_id}"
+                    )
+                if process.applied_state(group) != state:
+                    return f"group {group}: {member} state differs from leader {leader_id}"
+        return None
+
+    def _check_final_state(self) -> None:
+        for group in range(self.params.group_count):
+            found = self.members(group)
+            assert found is not None
+            _, conf = found
+            for member in sorted((*conf.voters, *conf.learners)):
+                process = self.slots[member].process
+                assert process is not None
+                applied = process.applied_data(group)
+                if applied is None:
+                    continue
+                view = process.view(group)
+                assert view is not None
+                expected = dict(self.checker.committed_data(group, view.applied_index))
+                if applied != expected:
+                    diff = sorted(set(applied.items()) ^ set(expected.items()))[:5]
+                    raise InvariantViolation(
+                        f"state machine safety: group {group} on {member} differs from "
+                        f"the committed log, e.g. {diff}"
+                    )
+                missing = self.checker.acked_missing(group, applied)
+                if missing:
+                    raise InvariantViolation(
+                        f"durability: group {group} on {member} lost acked {missing[:5]}"
+                    )
+
+    def _stats(self) -> dict[str, int]:
+        net = self.network.stats
+        return {
+            "events": self.trace.lines,
+            "checks": self.checker.checks,
+            "acked": len(self.checker.acked),
+            "committed": len(self.checker.committed),
+            "crashes": sum(slot.crashes for slot in self.slots.values()),
+            "sent": net.sent,
+            "dropped": net.dropped + net.cut,
+            "terms": len(self.checker.leaders),
+        }
