@@ -489,6 +489,9 @@ class RaftNode:
             self._handle_snapshot(msg)
 
     def _handle_append(self, msg: Message) -> None:
+        if not _is_well_formed_append(msg):
+            self._dropped += 1
+            return
         if msg.index < self._log.committed:
             # Stale or duplicate: everything up to our commit already matches.
             self._send(MessageType.APPEND_RESP, msg.sender, index=self._log.committed)
@@ -734,6 +737,8 @@ class RaftNode:
             return conf
         if self._lead_transferee is not None and self._lead_transferee not in voters:
             self._lead_transferee = None
+        if cc.node_id != self._id and cc.op is not ConfChangeOp.REMOVE:
+            self._maybe_send_append(cc.node_id)  # start probing a newcomer now
         if self._maybe_commit():  # a smaller quorum may commit more
             self._commit_to_broadcast = True
         return conf
@@ -882,6 +887,21 @@ class RaftNode:
                 snapshot=snapshot,
             )
         )
+
+
+def _is_well_formed_append(msg: Message) -> bool:
+    """Entries follow ``msg.index`` one by one, with terms never going back
+    and never above the sender's term."""
+    expected_index = msg.index + 1
+    previous_term = msg.log_term
+    if msg.index < 0 or previous_term > msg.term:
+        return False
+    for entry in msg.entries:
+        if entry.index != expected_index or not previous_term <= entry.term <= msg.term:
+            return False
+        expected_index += 1
+        previous_term = entry.term
+    return True
 
 
 def decode_conf_change_entry(entry: Entry) -> ConfChange:

@@ -53,6 +53,9 @@ class Network:
         """Directed links that lose every message."""
         self.filter: Callable[[Message], bool] | None = None
         """Extra drop rule: return True to drop a message."""
+        self.rewrite: Callable[[Message], Message] | None = None
+        """Transforms each delivered message (e.g. the IO layer substituting
+        a newer snapshot)."""
         self.snapshots: dict[int, list[Entry]] = {}
         """State-machine snapshots by index (what a real snapshot's data holds)."""
         for node_id in (*self.conf.voters, *self.conf.learners):
@@ -141,6 +144,8 @@ class Network:
                 continue
             if self._drops(msg) or msg.to not in self.replicas:
                 continue
+            if self.rewrite is not None:
+                msg = self.rewrite(msg)
             self.replicas[msg.to].node.step(msg)
             delivered += 1
         return delivered

@@ -35,9 +35,13 @@ def test_figure_7_leader_brings_any_follower_log_in_line_5_3(scenario: str) -> N
     seed_log(net, "voter", LEADER_LOG, term=7)
     seed_log(net, "follower", FIGURE_7_FOLLOWERS[scenario], term=7)
     rejects: list[Message] = []
-    net.filter = lambda m: bool(
-        m.type is MessageType.APPEND_RESP and m.reject and rejects.append(m)
-    )
+
+    def count_rejects(msg: Message) -> bool:
+        if msg.type is MessageType.APPEND_RESP and msg.reject:
+            rejects.append(msg)
+        return False
+
+    net.filter = count_rejects
     net.elect("leader")
     assert net["leader"].term == 8
     assert net.log("follower") == net.log("leader")
