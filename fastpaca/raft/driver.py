@@ -1,0 +1,502 @@
+"""RaftDriver: the only async part of the Raft engine.
+
+One task runs the loop: wake on the tick timer or on new work (proposals,
+inbound frames), hand queued work to the synchronous ``NodeHost``, then
+``prepare`` → write the batch (fsync'd when needed, in one dedicated writer
+thread so the loop keeps accepting proposals meanwhile: that is the group
+commit) → send one frame per peer → ``finish`` → resolve futures.
+
+Every call into the host happens on the loop task, between iterations: the
+public methods only enqueue work and wake the loop. Futures never hang: an
+error in the loop fails every pending one with ``Unavailable``, and ``stop``
+does the same. This module does no Raft logic and no encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fastpaca.errors import (
+    LeadershipLost,
+    NotLeader,
+    Overloaded,
+    ProposalDropped,
+    ProposalTimeout,
+    Unavailable,
+)
+from fastpaca.raft.codec import CodecError, Frame, decode_frame
+from fastpaca.raft.core import RaftConfig
+from fastpaca.raft.host import HostConfig, IterationResult, NodeHost
+from fastpaca.raft.kv import KV
+from fastpaca.raft.messages import ConfChange, ConfState
+from fastpaca.raft.ready import Role
+from fastpaca.raft.statemachine import StateMachine
+from fastpaca.raft.stats import RaftStats
+from fastpaca.raft.transport import Channel, Transport
+
+__all__ = ["DriverConfig", "RaftDriver"]
+
+_log = logging.getLogger(__name__)
+
+_Pending = tuple[int, float, "asyncio.Future[Any]"]
+"""(term, loop time at propose, future) of a proposal, keyed by its index."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverConfig:
+    tick_interval_ms: int = 50
+    election_timeout_ticks: int = 20
+    heartbeat_interval_ticks: int = 2
+    snapshot_chunk_bytes: int = 256 * 1024
+    compact_threshold_entries: int = 20_000
+    compact_keep_entries: int = 5_000
+    write_in_thread: bool = True
+    max_pending_proposals: int = 100_000
+    stop_transfer_timeout_ms: int = 2_000
+    """How long ``stop`` waits for its leaderships to move."""
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        kv: KV,
+        state_machine: StateMachine,
+        transport: Transport,
+        config: DriverConfig = DriverConfig(),
+        rng_seed: int | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._transport = transport
+        self._config = config
+        template = RaftConfig(
+            node_id=node_id,
+            group_id=0,
+            election_timeout_ticks=config.election_timeout_ticks,
+            heartbeat_interval_ticks=config.heartbeat_interval_ticks,
+        )
+        host_config = HostConfig(
+            snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+            compact_threshold_entries=config.compact_threshold_entries,
+            compact_keep_entries=config.compact_keep_entries,
+            snapshot_timeout_ticks=config.election_timeout_ticks * 10,
+        )
+        self._host = NodeHost(
+            node_id, kv, state_machine, template, random.Random(rng_seed), host_config
+        )
+        self.stats = RaftStats()
+        self._ops: list[Callable[[], None]] = []
+        self._inbox: list[tuple[str, Frame]] = []
+        self._wake = asyncio.Event()
+        self._pending: dict[int, dict[int, _Pending]] = {}
+        self._pending_count = 0
+        self._reads: dict[bytes, tuple[int, asyncio.Future[None]]] = {}
+        self._read_waits: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._leader_waits: dict[int, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._read_seq = 0
+        self._terms: dict[int, int] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the groups on disk, subscribe to the transport, run the loop."""
+        self._host.open_groups()
+        self._transport.subscribe(Channel.RAFT, self._on_frame)
+        self._transport.on_peer_state(self._on_peer_state)
+        if self._config.write_in_thread:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"raft-write-{self._node_id}")
+        self._runner = asyncio.create_task(self._supervise(), name=f"raft-{self._node_id}")
+
+    async def stop(self, *, transfer_leadership: bool = True) -> None:
+        """Hand over the groups this node leads (bounded wait), stop the loop,
+        fail whatever is still pending with ``Unavailable``."""
+        if self._runner is None:
+            return
+        if transfer_leadership and self._failure is None:
+            await self._transfer_all_leaderships()
+        self._stopping = True
+        self._wake.set()
+        try:
+            await self._runner
+        except Exception:
+            pass  # already logged by the loop; its futures are failed below
+        finally:
+            self._runner = None
+            self._fail_everything(Unavailable(f"raft on {self._node_id} is stopping"))
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+
+    # --- groups ---------------------------------------------------------------------
+
+    def ensure_group(self, group_id: int, voters: Sequence[str]) -> None:
+        self._submit(lambda: self._host.ensure_group(group_id, list(voters)))
+
+    def remove_group(self, group_id: int) -> None:
+        def remove() -> None:
+            self._host.remove_group(group_id)
+            self._fail_group(group_id, Unavailable(f"group {group_id} left this node"))
+
+        self._submit(remove)
+
+    def leader_of(self, group_id: int) -> str | None:
+        return self._host.leader_of(group_id)
+
+    def is_leader(self, group_id: int) -> bool:
+        return self._host.is_leader(group_id)
+
+    def group_ids(self) -> list[int]:
+        return self._host.group_ids()
+
+    @property
+    def host(self) -> NodeHost:
+        """The synchronous host (read-only use: tests, metrics)."""
+        return self._host
+
+    # --- proposals and reads ----------------------------------------------------------
+
+    async def propose(self, group_id: int, data: bytes, *, timeout_s: float) -> Any:
+        """Resolve with the state machine's result for this entry once applied."""
+        return await self._propose(group_id, lambda: self._host.propose(group_id, data), timeout_s)
+
+    async def change_membership(
+        self, group_id: int, cc: ConfChange, *, timeout_s: float
+    ) -> ConfState:
+        result = await self._propose(
+            group_id, lambda: self._host.propose_conf_change(group_id, cc), timeout_s
+        )
+        assert isinstance(result, ConfState)
+        return result
+
+    async def read_barrier(self, group_id: int, *, timeout_s: float) -> None:
+        """Return once this node's state machine reflects every write
+        acknowledged before the call (ReadIndex, then wait for apply)."""
+        self._check_running()
+        self._read_seq += 1
+        context = f"{self._node_id}:{self._read_seq}".encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def start_read() -> None:
+            if future.done():
+                return
+            try:
+                self._host.read_index(group_id, context)
+            except (NotLeader, ProposalDropped) as exc:
+                future.set_exception(exc)
+                return
+            self._reads[context] = (group_id, future)
+
+        self._submit(start_read)
+        self.stats.reads += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            raise ProposalTimeout(f"group {group_id}: read barrier timed out") from None
+        finally:
+            self._reads.pop(context, None)
+
+    async def transfer_leadership(self, group_id: int, to: str, *, timeout_s: float) -> None:
+        self._check_running()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def start_transfer() -> None:
+            try:
+                self._host.transfer_leadership(group_id, to)
+            except (NotLeader, ProposalDropped) as exc:
+                future.set_exception(exc)
+                return
+            self._leader_waits.setdefault(group_id, []).append((to, future))
+
+        self._submit(start_transfer)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            raise ProposalTimeout(f"group {group_id}: transfer to {to} timed out") from None
+
+    async def _propose(
+        self, group_id: int, append: Callable[[], tuple[int, int]], timeout_s: float
+    ) -> Any:
+        self._check_running()
+        if not self._host.is_leader(group_id):
+            self.stats.proposals_rejected += 1
+            raise NotLeader(group_id, self._host.leader_of(group_id))
+        if self._pending_count >= self._config.max_pending_proposals:
+            self.stats.proposals_rejected += 1
+            raise Overloaded(f"{self._pending_count} proposals pending on {self._node_id}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        started = loop.time()
+
+        def start_proposal() -> None:
+            if future.done():
+                return
+            try:
+                index, term = append()
+            except (NotLeader, ProposalDropped) as exc:
+                self.stats.proposals_rejected += 1
+                future.set_exception(exc)
+                return
+            self._pending.setdefault(group_id, {})[index] = (term, started, future)
+            self._pending_count += 1
+
+        self._submit(start_proposal)
+        self.stats.proposals += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            self.stats.proposals_timed_out += 1
+            raise ProposalTimeout(f"group {group_id}: proposal not applied in time") from None
+
+    # --- the loop -------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._run(), name=f"raft-loop-{self._node_id}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick_s = self._config.tick_interval_ms / 1000
+        next_tick = loop.time() + tick_s
+        try:
+            while not self._stopping:
+                delay = next_tick - loop.time()
+                if delay > 0 and not self._wake.is_set() and not self._host.has_work():
+                    try:
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                self._wake.clear()
+                now = loop.time()
+                if now >= next_tick:
+                    self._host.tick()
+                    # Ticks are counted, not replayed: after a stall, one tick.
+                    next_tick = max(next_tick + tick_s, now + tick_s / 2)
+                self._drain()
+                if self._host.has_work():
+                    await self._iterate()
+                # Let transport callbacks and proposers in even when the write
+                # needed no thread hop (an iteration of messages only).
+                await asyncio.sleep(0)
+        except BaseException as exc:
+            self._failure = exc
+            if not isinstance(exc, asyncio.CancelledError):
+                _log.exception("raft loop on %s failed; node unavailable", self._node_id)
+            self._fail_everything(Unavailable(f"raft on {self._node_id} failed: {exc!r}"))
+            raise
+
+    def _drain(self) -> None:
+        inbox, self._inbox = self._inbox, []
+        for peer, frame in inbox:
+            self._host.receive_frame(peer, frame)
+        ops, self._ops = self._ops, []
+        for op in ops:
+            op()
+
+    async def _iterate(self) -> None:
+        iteration = self._host.prepare()
+        try:
+            if self._writer is not None and iteration.batch:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer, iteration.write)
+            else:
+                iteration.write()
+        except BaseException:
+            self._host.abort(iteration)
+            raise
+        self.stats.iterations += 1
+        self.stats.synced_writes += iteration.must_sync
+        unreachable = []
+        for peer, frame in iteration.frames().items():
+            if self._transport.send(peer, Channel.RAFT, frame):
+                self.stats.frames_sent[peer] += 1
+                self.stats.bytes_sent[peer] += len(frame)
+            else:
+                self.stats.send_failures[peer] += 1
+                unreachable.append(peer)
+        result = self._host.finish(iteration)
+        for peer in unreachable:
+            self._host.peer_unreachable(peer)
+        self._resolve(result)
+
+    # --- resolving futures ------------------------------------------------------------
+
+    def _resolve(self, result: IterationResult) -> None:
+        now = asyncio.get_running_loop().time()
+        for batch in result.applied:
+            pending = self._pending.get(batch.group_id)
+            if pending:
+                self._resolve_applied(batch.group_id, pending, batch.entries, batch.results, now)
+            self._release_reads(batch.group_id)
+        for group_id, read_state in result.read_states:
+            read = self._reads.pop(read_state.context, None)
+            if read is not None and not read[1].done():
+                self._read_waits.setdefault(group_id, []).append((read_state.index, read[1]))
+                self._release_reads(group_id)
+        for group_id, soft in result.soft_states:
+            self._on_soft_state(group_id, soft.role, soft.leader_id)
+        host_stats = self._host.stats
+        self.stats.messages_dropped = (
+            self._host.dropped_by_cores
+            + host_stats.dropped_unknown_group
+            + host_stats.dropped_misaddressed
+        )
+        self.stats.snapshots_sent = host_stats.snapshots_sent
+        self.stats.snapshots_installed = host_stats.snapshots_installed
+
+    def _resolve_applied(
+        self,
+        group_id: int,
+        pending: dict[int, _Pending],
+        entries: Sequence[Any],
+        results: list[Any],
+        now: float,
+    ) -> None:
+        observe = self.stats.commit_latency.observe
+        for entry, value in zip(entries, results, strict=True):
+            waiting = pending.pop(entry.index, None)
+            if waiting is None:
+                continue
+            self._pending_count -= 1
+            term, started, future = waiting
+            if future.done():
+                continue  # timed out or cancelled: nobody to tell
+            if term == entry.term:
+                future.set_result(value)
+                observe(now - started)
+                self.stats.proposals_applied += 1
+            else:  # another leader's entry took this index: ours is gone
+                self.stats.proposals_failed += 1
+                future.set_exception(LeadershipLost(group_id, self._host.leader_of(group_id)))
+
+    def _release_reads(self, group_id: int) -> None:
+        waits = self._read_waits.get(group_id)
+        if not waits or not self._host.has_group(group_id):
+            return
+        applied = self._host.core(group_id).applied_index
+        still = []
+        for index, future in waits:
+            if future.done():
+                continue
+            if index <= applied:
+                future.set_result(None)
+            else:
+                still.append((index, future))
+        self._read_waits[group_id] = still
+
+    def _on_soft_state(self, group_id: int, role: Role, leader_id: str | None) -> None:
+        self.stats.leader_changes += 1
+        term = self._host.core(group_id).term
+        if term != self._terms.get(group_id, term):
+            self.stats.term_changes += 1
+        self._terms[group_id] = term
+        self.stats.leaders_held = sum(1 for g in self._host.group_ids() if self._host.is_leader(g))
+        self.stats.groups_hosted = len(self._host.group_ids())
+        if role is not Role.LEADER:
+            self._fail_group(group_id, LeadershipLost(group_id, leader_id))
+        for to, future in self._leader_waits.pop(group_id, []):
+            if future.done():
+                continue
+            if leader_id == to:
+                future.set_result(None)
+            else:
+                self._leader_waits.setdefault(group_id, []).append((to, future))
+
+    def _fail_group(self, group_id: int, error: Exception) -> None:
+        """Fail the group's pending proposals and reads (leadership lost)."""
+        pending = self._pending.pop(group_id, {})
+        self._pending_count -= len(pending)
+        for _, _, future in pending.values():
+            if not future.done():
+                self.stats.proposals_failed += 1
+                future.set_exception(error)
+        for context, (read_group, future) in list(self._reads.items()):
+            if read_group == group_id:
+                del self._reads[context]
+                if not future.done():
+                    future.set_exception(error)
+
+    def _fail_everything(self, error: Exception) -> None:
+        for group_id in list(self._pending):
+            self._fail_group(group_id, error)
+        for _, future in self._reads.values():
+            if not future.done():
+                future.set_exception(error)
+        self._reads.clear()
+        waiting = [f for waits in self._read_waits.values() for _, f in waits]
+        waiting += [f for waits in self._leader_waits.values() for _, f in waits]
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._read_waits.clear()
+        self._leader_waits.clear()
+
+    # --- transport callbacks ------------------------------------------------------------
+
+    def _on_frame(self, peer: str, payload: bytes) -> None:
+        try:
+            frame = decode_frame(payload)
+        except CodecError as exc:
+            self.stats.malformed_frames += 1
+            _log.warning("raft: malformed frame from %s, closing: %s", peer, exc)
+            raise  # the transport closes this connection
+        self._inbox.append((peer, frame))
+        self._wake.set()
+
+    def _on_peer_state(self, peer: str, connected: bool) -> None:
+        if not connected:
+            self._submit(lambda: self._host.peer_unreachable(peer))
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _submit(self, op: Callable[[], None]) -> None:
+        self._ops.append(op)
+        self._wake.set()
+
+    def _check_running(self) -> None:
+        if self._runner is None or self._stopping or self._failure is not None:
+            raise Unavailable(f"raft on {self._node_id} is not running")
+
+    async def _transfer_all_leaderships(self) -> None:
+        connected = self._transport.connected_peers()
+        transfers = []
+        for group_id in self._host.group_ids():
+            target = self._transfer_target(group_id, connected)
+            if target is not None:
+                transfers.append(self._try_transfer(group_id, target))
+        if transfers:
+            await asyncio.gather(*transfers)
+
+    def _transfer_target(self, group_id: int, connected: frozenset[str]) -> str | None:
+        """The most up-to-date connected voter, if this node leads ``group_id``."""
+        if not self._host.is_leader(group_id):
+            return None
+        core = self._host.core(group_id)
+        best: tuple[int, str] | None = None
+        for voter in core.conf_state.voters:
+            progress = core.progress(voter)
+            if voter == self._node_id or voter not in connected or progress is None:
+                continue
+            if best is None or progress.match > best[0]:
+                best = (progress.match, voter)
+        return None if best is None else best[1]
+
+    async def _try_transfer(self, group_id: int, target: str) -> None:
+        timeout_s = self._config.stop_transfer_timeout_ms / 1000
+        try:
+            await self.transfer_leadership(group_id, target, timeout_s=timeout_s)
+        except (ProposalTimeout, NotLeader, ProposalDropped, Unavailable) as exc:
+            _log.info("raft group %d: leadership not handed to %s: %s", group_id, target, exc)

@@ -1,0 +1,284 @@
+"""RaftDriver end to end: real LevelDB in temp dirs, drivers connected by the
+in-memory transport in one event loop, small ticks so elections take ~100 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from fastpaca.errors import LeadershipLost, NotLeader, ProposalTimeout, Unavailable
+from fastpaca.raft.driver import DriverConfig, RaftDriver
+from fastpaca.raft.kv import KV, LevelDBKV, MemoryKV, WriteBatch
+from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
+from fastpaca.raft.testing import KVStateMachine, put_command
+from fastpaca.raft.transport_memory import InMemoryHub
+
+NAMES = ("n1", "n2", "n3")
+FAST = DriverConfig(tick_interval_ms=5, election_timeout_ticks=10, heartbeat_interval_ticks=2)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+class Node:
+    def __init__(self, name: str, kv: KV, driver: RaftDriver, sm: KVStateMachine) -> None:
+        self.name, self.kv, self.driver, self.sm = name, kv, driver, sm
+
+
+class Cluster:
+    def __init__(self, root: Path, config: DriverConfig = FAST) -> None:
+        self.root = root
+        self.config = config
+        self.hub = InMemoryHub()
+        self.nodes: dict[str, Node] = {}
+
+    async def start(self, name: str) -> Node:
+        kv = LevelDBKV(str(self.root / name))
+        sm = KVStateMachine(kv)
+        transport = self.hub.transport(name)
+        driver = RaftDriver(
+            node_id=name,
+            kv=kv,
+            state_machine=sm,
+            transport=transport,
+            config=self.config,
+            rng_seed=sum(map(ord, name)),
+        )
+        await transport.start()
+        await driver.start()
+        self.nodes[name] = Node(name, kv, driver, sm)
+        return self.nodes[name]
+
+    async def stop(self, name: str, *, transfer_leadership: bool = False) -> None:
+        node = self.nodes.pop(name)
+        await node.driver.stop(transfer_leadership=transfer_leadership)
+        await self.hub.transport(name).stop()
+        node.kv.close()
+
+    async def close(self) -> None:
+        for name in list(self.nodes):
+            await self.stop(name)
+
+    async def leader(self, group_id: int, among: tuple[str, ...] | None = None) -> Node:
+        names = among or tuple(self.nodes)
+        found: list[Node] = []
+
+        def one_leader() -> bool:
+            found[:] = [self.nodes[n] for n in names if self.nodes[n].driver.is_leader(group_id)]
+            return len(found) == 1
+
+        await wait_for(one_leader)
+        return found[0]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    for name in NAMES:
+        await c.start(name)
+        c.nodes[name].driver.ensure_group(0, NAMES)
+    yield c
+    await c.close()
+
+
+async def test_single_node_proposes_applies_and_restarts_from_disk(tmp_path: Path) -> None:
+    solo = Cluster(tmp_path)
+    node = await solo.start("n1")
+    node.driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: node.driver.is_leader(1))  # campaigns at once, alone
+    assert await node.driver.propose(1, put_command(b"k", b"v1"), timeout_s=2) is None
+    assert await node.driver.propose(1, put_command(b"k", b"v2"), timeout_s=2) == b"v1"
+    assert node.driver.stats.commit_latency.samples == 2
+    await solo.stop("n1")
+
+    node = await solo.start("n1")
+    assert node.driver.group_ids() == [1]
+    assert node.sm.get(1, b"k") == b"v2"
+    await wait_for(lambda: node.driver.is_leader(1))
+    assert await node.driver.propose(1, put_command(b"k", b"v3"), timeout_s=2) == b"v2"
+    await solo.close()
+
+
+async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> None:
+    leader = await cluster.leader(0)
+    results = await asyncio.gather(
+        *(
+            leader.driver.propose(0, put_command(b"key%d" % i, b"value"), timeout_s=5)
+            for i in range(200)
+        )
+    )
+    assert results == [None] * 200
+    expected = leader.sm.items(0)
+    assert len(expected) == 200
+    await wait_for(lambda: all(n.sm.items(0) == expected for n in cluster.nodes.values()))
+    # Group commit: far fewer synced writes than proposals.
+    assert leader.driver.stats.synced_writes < 100
+
+
+async def test_follower_answers_not_leader_with_a_hint(cluster: Cluster) -> None:
+    leader = await cluster.leader(0)
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    await wait_for(lambda: follower.driver.leader_of(0) == leader.name)
+    with pytest.raises(NotLeader) as caught:
+        await follower.driver.propose(0, b"x", timeout_s=1)
+    assert caught.value.leader_hint == leader.name
+
+
+async def test_leader_cut_off_loses_leadership_and_another_takes_over(cluster: Cluster) -> None:
+    old = await cluster.leader(0)
+    await old.driver.propose(0, put_command(b"before", b"1"), timeout_s=2)
+    cluster.hub.isolate(old.name)
+    with pytest.raises(LeadershipLost):  # check-quorum makes it step down
+        await old.driver.propose(0, put_command(b"lost", b"1"), timeout_s=5)
+    others = tuple(n for n in cluster.nodes if n != old.name)
+    new = await cluster.leader(0, among=others)
+    assert await new.driver.propose(0, put_command(b"before", b"2"), timeout_s=2) == b"1"
+    cluster.hub.heal()
+    await wait_for(lambda: old.sm.get(0, b"before") == b"2")
+    assert not old.driver.is_leader(0)
+
+
+async def test_proposal_times_out_without_quorum(tmp_path: Path) -> None:
+    slow_check = DriverConfig(tick_interval_ms=5, election_timeout_ticks=60)
+    cluster = Cluster(tmp_path, slow_check)
+    for name in NAMES:
+        await cluster.start(name)
+        cluster.nodes[name].driver.ensure_group(0, NAMES)
+    try:
+        leader = await cluster.leader(0)
+        for name in NAMES:
+            if name != leader.name:
+                cluster.hub.isolate(name)
+        with pytest.raises(ProposalTimeout):
+            await leader.driver.propose(0, put_command(b"k", b"v"), timeout_s=0.05)
+        assert leader.driver.stats.proposals_timed_out == 1
+    finally:
+        await cluster.close()
+
+
+async def test_read_barrier_on_a_follower_sees_acknowledged_writes(cluster: Cluster) -> None:
+    leader = await cluster.leader(0)
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    await wait_for(lambda: follower.driver.leader_of(0) == leader.name)
+    for i in range(20):
+        value = b"v%d" % i
+        await leader.driver.propose(0, put_command(b"k", value), timeout_s=2)
+        await follower.driver.read_barrier(0, timeout_s=2)
+        assert follower.sm.get(0, b"k") == value
+    await leader.driver.read_barrier(0, timeout_s=2)
+    assert leader.sm.get(0, b"k") == b"v19"
+
+
+async def test_node_down_while_log_compacted_catches_up_by_snapshot(tmp_path: Path) -> None:
+    config = DriverConfig(
+        tick_interval_ms=5,
+        election_timeout_ticks=10,
+        compact_threshold_entries=40,
+        compact_keep_entries=10,
+        snapshot_chunk_bytes=512,
+    )
+    cluster = Cluster(tmp_path, config)
+    for name in NAMES:
+        await cluster.start(name)
+        cluster.nodes[name].driver.ensure_group(0, NAMES)
+    try:
+        leader = await cluster.leader(0)
+        down = next(n for n in NAMES if n != leader.name)
+        await cluster.stop(down)
+        for batch in range(10):
+            await asyncio.gather(
+                *(
+                    leader.driver.propose(
+                        0, put_command(b"k%d-%d" % (batch, i), b"x" * 50), timeout_s=5
+                    )
+                    for i in range(20)
+                )
+            )
+        assert leader.driver.host.core(0).first_index > 50  # compacted
+        back = await cluster.start(down)
+        await wait_for(lambda: back.sm.items(0) == leader.sm.items(0))
+        assert back.driver.host.stats.snapshots_installed >= 1
+        assert len(back.sm.items(0)) == 200
+    finally:
+        await cluster.close()
+
+
+async def test_membership_add_learner_promote_then_remove(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path)
+    for name in NAMES:
+        await cluster.start(name)
+    for name in ("n1", "n2"):
+        cluster.nodes[name].driver.ensure_group(3, ["n1", "n2"])
+    cluster.nodes["n3"].driver.ensure_group(3, [])  # joins, waits for the leader
+    try:
+        leader = await cluster.leader(3)
+        await leader.driver.propose(3, put_command(b"a", b"1"), timeout_s=2)
+        add = ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="n3")
+        conf = await leader.driver.change_membership(3, add, timeout_s=2)
+        assert conf == ConfState(voters=("n1", "n2"), learners=("n3",))
+        n3 = cluster.nodes["n3"]
+        await wait_for(lambda: n3.sm.get(3, b"a") == b"1")
+        promote = ConfChange(op=ConfChangeOp.ADD_VOTER, node_id="n3")
+        conf = await leader.driver.change_membership(3, promote, timeout_s=2)
+        assert conf == ConfState(voters=("n1", "n2", "n3"))
+        other = "n2" if leader.name == "n1" else "n1"
+        remove = ConfChange(op=ConfChangeOp.REMOVE, node_id=other)
+        conf = await leader.driver.change_membership(3, remove, timeout_s=2)
+        assert conf.voters == tuple(sorted((leader.name, "n3")))
+        await leader.driver.propose(3, put_command(b"a", b"2"), timeout_s=2)
+        await wait_for(lambda: n3.sm.get(3, b"a") == b"2")
+        await wait_for(lambda: n3.driver.host.core(3).conf_state == conf)
+        # The removed node is out of the quorum: cutting it changes nothing.
+        cluster.hub.isolate(other)
+        await leader.driver.propose(3, put_command(b"a", b"3"), timeout_s=2)
+    finally:
+        await cluster.close()
+
+
+async def test_stop_hands_leadership_to_a_peer_before_leaving(cluster: Cluster) -> None:
+    leader = await cluster.leader(0)
+    await leader.driver.propose(0, put_command(b"k", b"v"), timeout_s=2)
+    term = leader.driver.host.core(0).term
+    await cluster.stop(leader.name, transfer_leadership=True)
+    # No election timeout was waited for: a successor is already in place.
+    successors = [n for n in cluster.nodes.values() if n.driver.is_leader(0)]
+    assert len(successors) == 1
+    assert successors[0].driver.host.core(0).term == term + 1
+    assert await successors[0].driver.propose(0, put_command(b"k", b"w"), timeout_s=2) == b"v"
+
+
+class _FailingKV(MemoryKV):
+    fail_writes = False
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        if self.fail_writes:
+            raise OSError("disk gone")
+        super().write(batch, sync=sync)
+
+
+async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
+    hub = InMemoryHub()
+    kv = _FailingKV()
+    transport = hub.transport("n1")
+    driver = RaftDriver(
+        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
+    )
+    await transport.start()
+    await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver.is_leader(1))
+    kv.fail_writes = True
+    with pytest.raises(Unavailable):
+        await driver.propose(1, put_command(b"k", b"v"), timeout_s=5)
+    with pytest.raises(Unavailable):
+        await driver.propose(1, b"", timeout_s=1)  # the node refuses new work
+    await driver.stop()
