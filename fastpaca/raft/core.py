@@ -795,22 +795,19 @@ class RaftNode:
             or self._read_heartbeat_pending
             or self._log.has_next_unstable()
             or self._log.has_next_committed()
-            or self._soft_state() != self._prev_soft
-            or self._hard_state() != self._prev_hard
+            or self._soft_state_changed()
+            or self._hard_state_changed()
         )
 
     def ready(self) -> Ready:
         self._flush_batched_sends()
         rd = Ready(group_id=self._group_id)
-        soft = self._soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = soft
-            self._prev_soft = soft
-        hard = self._hard_state()
-        if hard != self._prev_hard:
-            rd.hard_state = hard
+        if self._soft_state_changed():
+            rd.soft_state = self._prev_soft = self._soft_state()
+        if self._hard_state_changed():
+            hard = self._hard_state()
             rd.must_sync = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
-            self._prev_hard = hard
+            rd.hard_state = self._prev_hard = hard
         rd.snapshot = self._log.next_unstable_snapshot()
         rd.entries = self._log.next_unstable_entries()
         if rd.entries or rd.snapshot is not None:
@@ -848,6 +845,18 @@ class RaftNode:
             if self._role is Role.LEADER:
                 applied_bytes = sum(len(e.data) for e in rd.committed_entries)
                 self._uncommitted_bytes = max(0, self._uncommitted_bytes - applied_bytes)
+
+    def _soft_state_changed(self) -> bool:
+        # Field by field: has_ready runs for every idle group every iteration,
+        # so it must not allocate.
+        prev = self._prev_soft
+        return prev.leader_id != self._leader_id or prev.role is not self._role
+
+    def _hard_state_changed(self) -> bool:
+        prev = self._prev_hard
+        return (
+            prev.term != self._term or prev.vote != self._vote or prev.commit != self._log.committed
+        )
 
     def _soft_state(self) -> SoftState:
         return SoftState(leader_id=self._leader_id, role=self._role)
