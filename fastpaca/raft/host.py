@@ -43,7 +43,7 @@ from fastpaca.raft.codec import (
 )
 from fastpaca.raft.core import RaftConfig, RaftNode
 from fastpaca.raft.kv import KV, WriteBatch
-from fastpaca.raft.leveldb import LevelDBStorage
+from fastpaca.raft.leveldb import CacheBudget, LevelDBStorage
 from fastpaca.raft.messages import (
     ConfChange,
     ConfChangeOp,
@@ -74,6 +74,8 @@ class HostConfig:
     """...keeping this many below the applied index for slow followers."""
     snapshot_timeout_ticks: int = 200
     """A transfer with no progress (or no answer) for this long failed."""
+    entry_cache_bytes: int = 64 << 20
+    """All groups' caches of recent log entries together (replication reads)."""
 
 
 @dataclass(slots=True)
@@ -192,6 +194,7 @@ class NodeHost:
         timeout = self._config.snapshot_timeout_ticks
         self._sender = SnapshotSender(timeout_ticks=timeout)
         self._receiver = SnapshotReceiver(timeout_ticks=timeout)
+        self._cache_budget = CacheBudget(self._config.entry_cache_bytes)
         self.stats = HostStats()
 
     # --- groups ---------------------------------------------------------------------
@@ -200,7 +203,9 @@ class NodeHost:
         """Rebuild every group found in the KV (after a restart or crash)."""
         for group_id in LevelDBStorage.list_groups(self._kv):
             if group_id not in self._groups:
-                self._add_group(group_id, LevelDBStorage.open(self._kv, group_id))
+                self._add_group(
+                    group_id, LevelDBStorage.open(self._kv, group_id, budget=self._cache_budget)
+                )
         return self.group_ids()
 
     def ensure_group(self, group_id: int, voters: Sequence[str]) -> None:
@@ -209,7 +214,7 @@ class NodeHost:
         empty ``voters`` joins an existing group and waits for its leader."""
         if group_id in self._groups or group_id in self._bootstrapping:
             return
-        storage = LevelDBStorage.open(self._kv, group_id)
+        storage = LevelDBStorage.open(self._kv, group_id, budget=self._cache_budget)
         if not voters or not _is_blank(storage):
             self._add_group(group_id, storage)
             return
@@ -235,9 +240,14 @@ class NodeHost:
         self._require_idle()
         group = self._groups.pop(group_id, None)
         self._bootstrapping.pop(group_id, None)
-        storage = group.storage if group else LevelDBStorage.open(self._kv, group_id)
+        storage = (
+            group.storage
+            if group
+            else LevelDBStorage.open(self._kv, group_id, budget=self._cache_budget)
+        )
         batch = self._pending_batch()
         storage.stage_destroy(batch)
+        self._cache_budget.forget(storage)
         self._sm.restore(group_id, 0, (), batch)
         self._sender.drop_group(group_id)
         self._receiver.transfers.pop(group_id, None)

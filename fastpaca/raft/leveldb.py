@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -38,7 +39,7 @@ from fastpaca.raft.kv import KVView, WriteBatch
 from fastpaca.raft.messages import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from fastpaca.raft.storage import CompactedError, UnavailableError
 
-__all__ = ["LevelDBStorage", "group_prefix", "staging_key"]
+__all__ = ["CacheBudget", "LevelDBStorage", "group_prefix", "staging_key"]
 
 _FORMAT_VERSION = 1
 _U16 = struct.Struct(">H")
@@ -46,6 +47,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _RECORD_HEAD = struct.Struct(">BI")  # version, crc32
 _ENTRY_HEAD = struct.Struct(">BIQB")  # version, crc32, term, type
+_TERM_TYPE = struct.Struct(">QB")
 _HARD_STATE = struct.Struct(">QQ")  # term, commit (+ vote bytes)
 _SNAPSHOT_HEAD = struct.Struct(">QQ")  # index, term (+ conf state)
 _MAX_INDEX = (1 << 64) - 1
@@ -72,8 +74,12 @@ def _entry_key(prefix: bytes, index: int) -> bytes:
 
 def encode_entry(entry: Entry) -> bytes:
     """The stored record of ``entry`` (its key carries the index)."""
-    body_tail = _ENTRY_HEAD.pack(0, 0, entry.term, entry.type)[5:] + entry.data
-    crc = zlib.crc32(body_tail, zlib.crc32(_U64.pack(entry.index)))
+    return _encode_entry_at(_U64.pack(entry.index), entry)
+
+
+def _encode_entry_at(index_bytes: bytes, entry: Entry) -> bytes:
+    body_tail = _TERM_TYPE.pack(entry.term, entry.type) + entry.data
+    crc = zlib.crc32(body_tail, zlib.crc32(index_bytes))
     return _RECORD_HEAD.pack(_FORMAT_VERSION, crc) + body_tail
 
 
@@ -212,8 +218,9 @@ class LevelDBStorage:
         group_id: int,
         view: _View,
         *,
-        cache_max_entries: int = 1024,
-        cache_max_bytes: int = 1 << 20,
+        budget: CacheBudget | None = None,
+        cache_max_entries: int = 8192,
+        cache_max_bytes: int = 8 << 20,
     ) -> None:
         self._kv = kv
         self._group_id = group_id
@@ -229,9 +236,17 @@ class LevelDBStorage:
         self._cache_bytes = 0
         self._cache_max_entries = cache_max_entries
         self._cache_max_bytes = cache_max_bytes
+        self._budget = budget
 
     @classmethod
-    def open(cls, kv: KVView, group_id: int, *, cache_max_entries: int = 1024) -> LevelDBStorage:
+    def open(
+        cls,
+        kv: KVView,
+        group_id: int,
+        *,
+        budget: CacheBudget | None = None,
+        cache_max_entries: int = 8192,
+    ) -> LevelDBStorage:
         """Rebuild the group's durable view from ``kv`` (after a restart or a
         crash); an absent group yields an empty log. Checks that the log starts
         right after the snapshot and that its newest entries verify."""
@@ -251,7 +266,7 @@ class LevelDBStorage:
             last = _U64.unpack_from(key, 4)[0]
             break
         view = _View(first, last, hs, cs, snap)
-        storage = cls(kv, group_id, view, cache_max_entries=cache_max_entries)
+        storage = cls(kv, group_id, view, budget=budget, cache_max_entries=cache_max_entries)
         storage._warm_cache()
         return storage
 
@@ -320,10 +335,13 @@ class LevelDBStorage:
             raise UnavailableError(f"group {self._group_id}: index {hi - 1} > {view.last_index}")
         if lo >= hi:
             return []
-        if lo >= self._cache_first:
-            found = self._cache[lo - self._cache_first : hi - self._cache_first]
+        cache_first = self._cache_first
+        if lo >= cache_first:
+            found = self._cache[lo - cache_first : hi - cache_first]
         else:
-            found = list(self._read_range(lo, hi, max_bytes))
+            found = list(self._read_range(lo, min(hi, cache_first), max_bytes))
+            if hi > cache_first and (max_bytes is None or _data_bytes(found) < max_bytes):
+                found += self._cache[: hi - cache_first]
         return found if max_bytes is None else _cut_to_bytes(found, max_bytes)
 
     # --- write side: stage into a batch, commit the view once durable ---------------
@@ -343,11 +361,12 @@ class LevelDBStorage:
                 f"group {self._group_id}: cannot append [{lo}, {hi}] to log "
                 f"[{view.first_index}, {view.last_index}]"
             )
-        prefix, put = self._prefix, batch.put
-        for entry in entries:
-            put(_entry_key(prefix, entry.index), encode_entry(entry))
+        key_prefix, put, pack_index = self._prefix + b"e", batch.put, _U64.pack
+        for entry in entries:  # hot path: one key and one record per entry, nothing else
+            index_bytes = pack_index(entry.index)
+            put(key_prefix + index_bytes, _encode_entry_at(index_bytes, entry))
         for stale in range(hi + 1, view.last_index + 1):
-            batch.delete(_entry_key(prefix, stale))
+            batch.delete(_entry_key(self._prefix, stale))
         self._staged = replace(view, last_index=hi)
         appended = list(entries)
         self._on_commit.append(lambda: self._cache_append(appended))
@@ -407,9 +426,12 @@ class LevelDBStorage:
         if self._staged is not None:
             self._view = self._staged
             self._staged = None
-        for commit in self._on_commit:
-            commit()
-        self._on_commit.clear()
+        if self._on_commit:
+            for commit in self._on_commit:
+                commit()
+            self._on_commit.clear()
+            if self._budget is not None:
+                self._budget.charge(self, self._cache_bytes)
 
     def on_write_failed(self) -> None:
         """The batch was not written: forget what was staged."""
@@ -493,10 +515,46 @@ class LevelDBStorage:
             del self._cache[:cut]
             self._cache_first += cut
 
+    def drop_cache(self) -> None:
+        """Forget the cached tail (the node-wide budget needs the memory)."""
+        self._cache_reset(self._view.last_index + 1)
+
     def _cache_reset(self, first: int) -> None:
         self._cache.clear()
         self._cache_first = first
         self._cache_bytes = 0
+
+
+class CacheBudget:
+    """Caps the entry caches of all groups of a node together: when their
+    total passes ``max_bytes``, the caches of the groups that appended least
+    recently are dropped first (an idle group needs none)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._max_bytes = max_bytes
+        self._sizes: OrderedDict[int, tuple[LevelDBStorage, int]] = OrderedDict()
+        self._total = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+    def charge(self, storage: LevelDBStorage, cache_bytes: int) -> None:
+        previous = self._sizes.pop(storage.group_id, (storage, 0))[1]
+        self._sizes[storage.group_id] = (storage, cache_bytes)
+        self._total += cache_bytes - previous
+        while self._total > self._max_bytes and len(self._sizes) > 1:
+            _, (victim, size) = self._sizes.popitem(last=False)
+            if victim is storage:  # never evict the one appending now
+                self._sizes[storage.group_id] = (storage, size)
+                self._sizes.move_to_end(storage.group_id, last=False)
+                break
+            victim.drop_cache()
+            self._total -= size
+
+    def forget(self, storage: LevelDBStorage) -> None:
+        _, size = self._sizes.pop(storage.group_id, (storage, 0))
+        self._total -= size
 
 
 def _load(
@@ -509,6 +567,10 @@ def _load(
 ) -> _T:
     record = kv.get(key)
     return default if record is None else _parse_record(group_id, what, record, parse)
+
+
+def _data_bytes(entries: list[Entry]) -> int:
+    return sum(len(e.data) for e in entries)
 
 
 def _cut_to_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:

@@ -11,7 +11,7 @@ import pytest
 
 from fastpaca.errors import CorruptLogError
 from fastpaca.raft.kv import LevelDBKV, MemoryKV, WriteBatch
-from fastpaca.raft.leveldb import LevelDBStorage, group_prefix
+from fastpaca.raft.leveldb import CacheBudget, LevelDBStorage, group_prefix
 from fastpaca.raft.messages import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from fastpaca.raft.storage import CompactedError, UnavailableError
 
@@ -266,3 +266,25 @@ def _batch_with(kv: LevelDBKV, key: bytes, value: bytes) -> WriteBatch:
     batch = WriteBatch(kv)
     batch.put(key, value)
     return batch
+
+
+def test_read_spanning_disk_and_cache_is_contiguous(kv: LevelDBKV) -> None:
+    storage = LevelDBStorage.open(kv, 1, cache_max_entries=8)
+    _write(kv, storage, lambda b: storage.stage_append(b, _entries(1, 30, term=1, size=10)))
+    assert storage._cache_first > 5  # the read below needs both disk and cache
+    assert storage.entries(5, 31) == _entries(5, 30, term=1, size=10)
+    assert [e.index for e in storage.entries(5, 31, max_bytes=35)] == [5, 6, 7]
+
+
+def test_cache_budget_drops_the_least_recently_appended_group_first(kv: LevelDBKV) -> None:
+    budget = CacheBudget(max_bytes=2500)
+    storages = [LevelDBStorage.open(kv, g, budget=budget) for g in range(3)]
+    for storage in storages:  # 1,000 bytes of entries each
+        _write(
+            kv, storage, lambda b, s=storage: s.stage_append(b, _entries(1, 10, term=1, size=100))
+        )
+    assert budget.total_bytes <= 2500
+    assert storages[0]._cache == []  # oldest evicted
+    assert len(storages[2]._cache) == 10
+    # Evicted or not, every read still answers (from LevelDB).
+    assert storages[0].entries(1, 11) == _entries(1, 10, term=1, size=100)
