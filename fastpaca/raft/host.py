@@ -27,21 +27,25 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
 
 from fastpaca.errors import InvariantViolation, NotLeader
 from fastpaca.raft.codec import (
     CodecError,
     Frame,
-    SnapshotChunk,
-    SnapshotStatus,
     decode_conf_change,
     decode_frame,
     encode_conf_change,
     encode_frame,
 )
 from fastpaca.raft.core import RaftConfig, RaftNode
+from fastpaca.raft.iteration import (
+    AppliedBatch,
+    HostedGroup,
+    Iteration,
+    IterationResult,
+    ProcessedReady,
+)
 from fastpaca.raft.kv import KV, WriteBatch
 from fastpaca.raft.leveldb import CacheBudget, LevelDBStorage
 from fastpaca.raft.messages import (
@@ -53,14 +57,13 @@ from fastpaca.raft.messages import (
     HardState,
     Message,
     MessageType,
-    ReadState,
-    SnapshotMeta,
 )
-from fastpaca.raft.ready import Ready, SoftState
-from fastpaca.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
+from fastpaca.raft.ready import Ready
+from fastpaca.raft.snapshot_transfer import SnapshotExchange
 from fastpaca.raft.statemachine import StateMachine
+from fastpaca.raft.stats import HostStats
 
-__all__ = ["AppliedBatch", "HostConfig", "HostStats", "Iteration", "IterationResult", "NodeHost"]
+__all__ = ["AppliedBatch", "HostConfig", "Iteration", "IterationResult", "NodeHost"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,92 +79,6 @@ class HostConfig:
     """A transfer with no progress (or no answer) for this long failed."""
     entry_cache_bytes: int = 64 << 20
     """All groups' caches of recent log entries together (replication reads)."""
-
-
-@dataclass(slots=True)
-class HostStats:
-    dropped_unknown_group: int = 0
-    dropped_misaddressed: int = 0
-    dropped_snapshots: int = 0
-    snapshots_sent: int = 0
-    snapshots_installed: int = 0
-    snapshot_failures: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedBatch:
-    """Entries of one group applied in one iteration, with one result each
-    (a CONF_CHANGE entry's result is the new ``ConfState``)."""
-
-    group_id: int
-    entries: Sequence[Entry]
-    results: list[Any]
-
-
-@dataclass(slots=True)
-class IterationResult:
-    applied: list[AppliedBatch] = field(default_factory=list)
-    read_states: list[tuple[int, ReadState]] = field(default_factory=list)
-    soft_states: list[tuple[int, SoftState]] = field(default_factory=list)
-
-
-class _Group:
-    __slots__ = ("core", "storage")
-
-    def __init__(self, core: RaftNode, storage: LevelDBStorage) -> None:
-        self.core = core
-        self.storage = storage
-
-
-class _Processed(NamedTuple):
-    group_id: int
-    group: _Group
-    ready: Ready
-    applied: AppliedBatch | None
-
-
-class Iteration:
-    """What one pass over all groups produced: a batch to write, then frames."""
-
-    __slots__ = ("_frames", "_kv", "_written", "batch", "bootstrapped", "must_sync", "readies")
-
-    def __init__(
-        self,
-        kv: KV,
-        batch: WriteBatch,
-        must_sync: bool,
-        frames: dict[str, bytes],
-        readies: list[_Processed],
-        bootstrapped: dict[int, LevelDBStorage],
-    ) -> None:
-        self._kv = kv
-        self.batch = batch
-        self.must_sync = must_sync
-        self._frames = frames
-        self.readies = readies
-        self.bootstrapped = bootstrapped
-        self._written = False
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.batch or self._frames or self.readies or self.bootstrapped)
-
-    @property
-    def written(self) -> bool:
-        return self._written
-
-    def write(self) -> None:
-        """Write the batch (fsync'd when ``must_sync``). Safe to call from one
-        worker thread: it touches only the KV and this iteration."""
-        if self.batch:
-            self._kv.write(self.batch, sync=self.must_sync)
-        self._written = True
-
-    def frames(self) -> dict[str, bytes]:
-        """One frame per peer; only once the batch is durable."""
-        if not self._written:
-            raise InvariantViolation("frames requested before the batch was written")
-        return self._frames
 
 
 class NodeHost:
@@ -180,7 +97,7 @@ class NodeHost:
         self._template = raft_config_template
         self._rng = rng
         self._config = config or HostConfig()
-        self._groups: dict[int, _Group] = {}
+        self._groups: dict[int, HostedGroup] = {}
         self._dirty: set[int] = set()
         """Groups that may have a Ready: only these are looked at (idle is free)."""
         self._batch: WriteBatch | None = None
@@ -190,12 +107,14 @@ class NodeHost:
         self._solo: set[int] = set()
         """Single-voter groups that will campaign as soon as they can."""
         self._in_iteration = False
-        self._statuses: dict[str, list[SnapshotStatus]] = {}
-        timeout = self._config.snapshot_timeout_ticks
-        self._sender = SnapshotSender(timeout_ticks=timeout)
-        self._receiver = SnapshotReceiver(timeout_ticks=timeout)
         self._cache_budget = CacheBudget(self._config.entry_cache_bytes)
         self.stats = HostStats()
+        self._snapshots = SnapshotExchange(
+            state_machine,
+            self.stats,
+            chunk_bytes=self._config.snapshot_chunk_bytes,
+            timeout_ticks=self._config.snapshot_timeout_ticks,
+        )
 
     # --- groups ---------------------------------------------------------------------
 
@@ -249,8 +168,7 @@ class NodeHost:
         storage.stage_destroy(batch)
         self._cache_budget.forget(storage)
         self._sm.restore(group_id, 0, (), batch)
-        self._sender.drop_group(group_id)
-        self._receiver.transfers.pop(group_id, None)
+        self._snapshots.drop_group(group_id)
         self._dirty.discard(group_id)
         self._solo.discard(group_id)
 
@@ -282,11 +200,11 @@ class NodeHost:
         for group in self._groups.values():
             group.core.tick()
         self._dirty.update(self._groups)
-        for group_id, peer in self._sender.tick():
+        for group_id, peer in self._snapshots.sender.tick():
             self.stats.snapshot_failures += 1
             if group_id in self._groups:
                 self._groups[group_id].core.report_snapshot(peer, False)
-        for group_id in self._receiver.tick():
+        for group_id in self._snapshots.receiver.tick():
             if group_id in self._groups:
                 self._groups[group_id].storage.stage_clear_incoming(self._pending_batch())
 
@@ -303,16 +221,23 @@ class NodeHost:
             self.stats.dropped_misaddressed += 1
             return
         for status in frame.statuses:
-            self._on_status(peer, status)
+            group = self._groups.get(status.group_id)
+            if group is not None and self._snapshots.on_status(peer, status):
+                group.core.report_snapshot(peer, status.success)
+                self._dirty.add(status.group_id)
         for chunk in frame.chunks:
-            self._on_chunk(peer, chunk)
+            group = self._groups.get(chunk.group_id)
+            if group is None:
+                self.stats.dropped_unknown_group += 1
+            else:
+                self._snapshots.on_chunk(peer, chunk, group.storage, self._pending_batch())
         for msg in frame.messages:
             group = self._groups.get(msg.group_id)
             if group is None:
                 self.stats.dropped_unknown_group += 1
-            elif msg.type is MessageType.SNAPSHOT:
-                self._on_snapshot_message(msg.group_id, group, msg)
-            else:
+            elif msg.type is not MessageType.SNAPSHOT or self._snapshots.on_snapshot_message(
+                group.storage, msg, self._pending_batch()
+            ):
                 group.core.step(msg)
                 self._dirty.add(msg.group_id)
 
@@ -320,7 +245,7 @@ class NodeHost:
         """A send to ``peer`` failed or its connection went down."""
         for group in self._groups.values():
             group.core.report_unreachable(peer)
-        for group_id in self._sender.drop_peer(peer):
+        for group_id in self._snapshots.sender.drop_peer(peer):
             self.stats.snapshot_failures += 1
             if group_id in self._groups:
                 self._groups[group_id].core.report_snapshot(peer, False)
@@ -352,11 +277,7 @@ class NodeHost:
     def has_work(self) -> bool:
         """True when ``prepare`` may produce something (the driver's wake-up test)."""
         return bool(
-            self._dirty
-            or self._batch
-            or self._statuses
-            or self._bootstrapping
-            or self._sender.has_chunks_to_send()
+            self._dirty or self._batch or self._bootstrapping or self._snapshots.has_statuses()
         )
 
     # --- the iteration ----------------------------------------------------------------
@@ -367,7 +288,7 @@ class NodeHost:
         batch = self._batch if self._batch is not None else WriteBatch(self._kv)
         must_sync = self._batch_must_sync
         self._batch, self._batch_must_sync = None, False
-        readies: list[_Processed] = []
+        readies: list[ProcessedReady] = []
         outgoing: dict[str, list[Message]] = {}
         for group_id in sorted(self._dirty):
             group = self._groups.get(group_id)
@@ -377,13 +298,13 @@ class NodeHost:
             applied = self._persist(group_id, group, rd, batch)
             for msg in rd.messages:
                 if msg.type is MessageType.SNAPSHOT:
-                    self._start_snapshot(group_id, group, msg)
+                    self._snapshots.start(group.storage, msg)
                 else:
                     outgoing.setdefault(msg.to, []).append(msg)
             must_sync = must_sync or rd.must_sync
-            readies.append(_Processed(group_id, group, rd, applied))
+            readies.append(ProcessedReady(group_id, group, rd, applied))
         self._dirty.clear()
-        self._answer_declined_snapshots(batch)
+        self._snapshots.answer_declined(self._storage_of, batch)
         frames = self._encode_frames(outgoing)
         bootstrapped, self._bootstrapping = self._bootstrapping, {}
         self._in_iteration = True
@@ -422,12 +343,12 @@ class NodeHost:
     # --- persist and apply ------------------------------------------------------------
 
     def _persist(
-        self, group_id: int, group: _Group, rd: Ready, batch: WriteBatch
+        self, group_id: int, group: HostedGroup, rd: Ready, batch: WriteBatch
     ) -> AppliedBatch | None:
         """Steps 1 and 3 of ``ready.py`` into the batch: install, append,
         hard state, then apply (the state machine writes into the same batch)."""
         if rd.snapshot is not None:
-            self._install_snapshot(group_id, group, rd.snapshot, batch)
+            self._snapshots.install(group.storage, rd.snapshot, batch)
         if rd.entries:
             group.storage.stage_append(batch, rd.entries)
         if rd.hard_state is not None:
@@ -437,7 +358,7 @@ class NodeHost:
         return None
 
     def _apply(
-        self, group_id: int, group: _Group, entries: list[Entry], batch: WriteBatch
+        self, group_id: int, group: HostedGroup, entries: list[Entry], batch: WriteBatch
     ) -> AppliedBatch:
         results = self._sm.apply(group_id, entries, batch)
         if len(results) != len(entries):
@@ -455,110 +376,10 @@ class NodeHost:
             storage.stage_compact(batch, applied - self._config.compact_keep_entries)
         return AppliedBatch(group_id, entries, results)
 
-    # --- snapshots --------------------------------------------------------------------
-
-    def _start_snapshot(self, group_id: int, group: _Group, msg: Message) -> None:
-        # Send the state machine's current (durable) state, not the log's
-        # compaction base: it is newer and it is what the chunks contain.
-        snapshot = self._sm.snapshot(group_id)
-        index = snapshot.applied_index
-        meta = SnapshotMeta(
-            index=index, term=group.storage.term(index), conf_state=group.storage.conf_state
-        )
-        chunks = snapshot.chunks(self._config.snapshot_chunk_bytes)
-        self._sender.start(replace(msg, snapshot=meta), chunks)
-        self.stats.snapshots_sent += 1
-
-    def _on_status(self, peer: str, status: SnapshotStatus) -> None:
-        group = self._groups.get(status.group_id)
-        if group is not None and self._sender.finish(status.group_id, peer, status.snapshot_index):
-            if not status.success:
-                self.stats.snapshot_failures += 1
-            group.core.report_snapshot(peer, status.success)
-            self._dirty.add(status.group_id)
-
-    def _on_chunk(self, peer: str, chunk: SnapshotChunk) -> None:
-        group = self._groups.get(chunk.group_id)
-        if group is None:
-            self.stats.dropped_unknown_group += 1
-            return
-        stage, abandoned = self._receiver.accept_chunk(peer, chunk)
-        batch = self._pending_batch()
-        if abandoned:
-            group.storage.stage_clear_incoming(batch)
-        if stage:
-            group.storage.stage_incoming_chunk(batch, chunk.seq, chunk.data)
-        else:
-            self.stats.dropped_snapshots += 1
-            self._queue_status(peer, chunk.group_id, chunk.snapshot_index, success=False)
-
-    def _on_snapshot_message(self, group_id: int, group: _Group, msg: Message) -> None:
-        """Step a SNAPSHOT into the core only with all its chunks staged and
-        restored (into a scratch batch: a bad chunk must not reach the core)."""
-        meta = msg.snapshot
-        transfer = self._receiver.complete_for(group_id, msg.sender, meta.index) if meta else None
-        if meta is None or transfer is None:
-            self.stats.dropped_snapshots += 1
-            if meta is not None:
-                self._queue_status(msg.sender, group_id, meta.index, success=False)
-            return
-        pending = self._pending_batch()
-        chunks = group.storage.incoming_chunks(pending, transfer.chunk_count)
-        scratch = WriteBatch(pending)
-        try:
-            if chunks is None:
-                raise CodecError("staged snapshot chunks are missing")
-            self._sm.restore(group_id, meta.index, chunks, scratch)
-        except CodecError as exc:
-            _log.warning("raft group %d: bad snapshot from %s: %s", group_id, msg.sender, exc)
-            del self._receiver.transfers[group_id]
-            group.storage.stage_clear_incoming(pending)
-            self.stats.snapshot_failures += 1
-            self._queue_status(msg.sender, group_id, meta.index, success=False)
-            return
-        transfer.restored = scratch
-        group.core.step(msg)
-        self._dirty.add(group_id)
-
-    def _install_snapshot(
-        self, group_id: int, group: _Group, meta: SnapshotMeta, batch: WriteBatch
-    ) -> None:
-        transfer = self._receiver.transfers.pop(group_id, None)
-        if transfer is None or transfer.restored is None or transfer.snapshot_index != meta.index:
-            raise InvariantViolation(f"group {group_id}: core installs an unstaged snapshot")
-        group.storage.stage_snapshot(batch, meta)
-        for key, value in transfer.restored.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        group.storage.stage_clear_incoming(batch)
-        self._queue_status(transfer.sender, group_id, meta.index, success=True)
-        self.stats.snapshots_installed += 1
-
-    def _answer_declined_snapshots(self, batch: WriteBatch) -> None:
-        """A snapshot the core did not install (it was already up to date):
-        drop the staged chunks and let the leader move on."""
-        declined = [g for g, t in self._receiver.transfers.items() if t.restored is not None]
-        for group_id in declined:
-            transfer = self._receiver.transfers.pop(group_id)
-            if group_id in self._groups:
-                self._groups[group_id].storage.stage_clear_incoming(batch)
-            self._queue_status(transfer.sender, group_id, transfer.snapshot_index, success=True)
-
-    def _queue_status(self, peer: str, group_id: int, index: int, *, success: bool) -> None:
-        status = SnapshotStatus(group_id=group_id, snapshot_index=index, success=success)
-        self._statuses.setdefault(peer, []).append(status)
-
     # --- helpers ----------------------------------------------------------------------
 
     def _encode_frames(self, outgoing: dict[str, list[Message]]) -> dict[str, bytes]:
-        chunks: dict[str, list[SnapshotChunk]] = {}
-        for peer, chunk, message in self._sender.next_chunks():
-            chunks.setdefault(peer, []).append(chunk)
-            if message is not None:
-                outgoing.setdefault(peer, []).append(message)
-        statuses, self._statuses = self._statuses, {}
+        chunks, statuses = self._snapshots.outgoing(outgoing)
         peers = sorted(outgoing.keys() | chunks.keys() | statuses.keys())
         return {
             peer: encode_frame(
@@ -579,7 +400,7 @@ class NodeHost:
             applied_index=self._sm.applied_index(group_id),
         )
         core = RaftNode(config, storage, random.Random(self._rng.getrandbits(64)))
-        self._groups[group_id] = _Group(core, storage)
+        self._groups[group_id] = HostedGroup(core, storage)
         self._dirty.add(group_id)
         if core.conf_state.voters == (self.node_id,):
             self._solo.add(group_id)
@@ -594,12 +415,16 @@ class NodeHost:
             self._solo.discard(group_id)
             core.campaign()
 
+    def _storage_of(self, group_id: int) -> LevelDBStorage | None:
+        group = self._groups.get(group_id)
+        return group.storage if group else None
+
     def _pending_batch(self) -> WriteBatch:
         if self._batch is None:
             self._batch = WriteBatch(self._kv)
         return self._batch
 
-    def _group(self, group_id: int) -> _Group:
+    def _group(self, group_id: int) -> HostedGroup:
         group = self._groups.get(group_id)
         if group is None:
             raise NotLeader(group_id, None)

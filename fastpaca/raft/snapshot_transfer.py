@@ -8,21 +8,36 @@ follower stages chunks (``LevelDBStorage.stage_incoming_chunk``), steps the
 message into its core only once every chunk is there, and answers with a
 ``SnapshotStatus``; the leader then calls ``report_snapshot``.
 
-This module only keeps track of transfers (what to send next, what timed out,
-which chunk is expected). It never touches a core, the KV or the network:
-``host.py`` does, with what these classes tell it.
+``SnapshotSender``/``SnapshotReceiver`` only keep track of transfers (what to
+send next, what timed out, which chunk is expected); ``SnapshotExchange``
+wires them to the state machine and the storages, writing only into the
+batches it is given. Nothing here touches a core or the network: ``host.py``
+does, with what these classes tell it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
-from fastpaca.raft.codec import SnapshotChunk
+from fastpaca.errors import InvariantViolation
+from fastpaca.raft.codec import CodecError, SnapshotChunk, SnapshotStatus
 from fastpaca.raft.kv import WriteBatch
-from fastpaca.raft.messages import Message
+from fastpaca.raft.leveldb import LevelDBStorage
+from fastpaca.raft.messages import Message, SnapshotMeta
+from fastpaca.raft.statemachine import StateMachine
+from fastpaca.raft.stats import HostStats
 
-__all__ = ["IncomingSnapshot", "OutgoingSnapshot", "SnapshotReceiver", "SnapshotSender"]
+__all__ = [
+    "IncomingSnapshot",
+    "OutgoingSnapshot",
+    "SnapshotExchange",
+    "SnapshotReceiver",
+    "SnapshotSender",
+]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -190,3 +205,136 @@ class SnapshotReceiver:
         transfer.chunk_count += 1
         transfer.complete = chunk.is_last
         transfer.idle_ticks = 0
+
+
+class SnapshotExchange:
+    """Both directions of snapshot streaming for one node, wired to the state
+    machine and the groups' storages; the host tells the cores what it says.
+
+    Sending: :meth:`start` when a core emits SNAPSHOT, :meth:`outgoing` each
+    iteration, :meth:`on_status` when the follower answers. Receiving:
+    :meth:`on_chunk`, :meth:`on_snapshot_message` (True: step it into the
+    core), :meth:`install` when the core's Ready carries it.
+    """
+
+    def __init__(
+        self, state_machine: StateMachine, stats: HostStats, *, chunk_bytes: int, timeout_ticks: int
+    ) -> None:
+        self._sm = state_machine
+        self._stats = stats
+        self._chunk_bytes = chunk_bytes
+        self.sender = SnapshotSender(timeout_ticks=timeout_ticks)
+        self.receiver = SnapshotReceiver(timeout_ticks=timeout_ticks)
+        self._statuses: dict[str, list[SnapshotStatus]] = {}
+
+    def has_statuses(self) -> bool:
+        return bool(self._statuses)
+
+    # --- leader side ------------------------------------------------------------------
+
+    def start(self, storage: LevelDBStorage, msg: Message) -> None:
+        # Send the state machine's current (durable) state, not the log's
+        # compaction base: it is newer and it is what the chunks contain.
+        snapshot = self._sm.snapshot(msg.group_id)
+        index = snapshot.applied_index
+        meta = SnapshotMeta(index=index, term=storage.term(index), conf_state=storage.conf_state)
+        self.sender.start(replace(msg, snapshot=meta), snapshot.chunks(self._chunk_bytes))
+        self._stats.snapshots_sent += 1
+
+    def on_status(self, peer: str, status: SnapshotStatus) -> bool:
+        """True when ``status`` ends our transfer: report it to the core."""
+        if not self.sender.finish(status.group_id, peer, status.snapshot_index):
+            return False
+        if not status.success:
+            self._stats.snapshot_failures += 1
+        return True
+
+    def outgoing(
+        self, messages: dict[str, list[Message]]
+    ) -> tuple[dict[str, list[SnapshotChunk]], dict[str, list[SnapshotStatus]]]:
+        """This iteration's chunks and statuses per peer; the SNAPSHOT message
+        of a transfer's last chunk is added to ``messages``."""
+        chunks: dict[str, list[SnapshotChunk]] = {}
+        for peer, chunk, message in self.sender.next_chunks():
+            chunks.setdefault(peer, []).append(chunk)
+            if message is not None:
+                messages.setdefault(peer, []).append(message)
+        statuses, self._statuses = self._statuses, {}
+        return chunks, statuses
+
+    # --- follower side ------------------------------------------------------------------
+
+    def on_chunk(
+        self, peer: str, chunk: SnapshotChunk, storage: LevelDBStorage, batch: WriteBatch
+    ) -> None:
+        stage, abandoned = self.receiver.accept_chunk(peer, chunk)
+        if abandoned:
+            storage.stage_clear_incoming(batch)
+        if stage:
+            storage.stage_incoming_chunk(batch, chunk.seq, chunk.data)
+        else:
+            self._stats.dropped_snapshots += 1
+            self._queue_status(peer, chunk.group_id, chunk.snapshot_index, success=False)
+
+    def on_snapshot_message(self, storage: LevelDBStorage, msg: Message, batch: WriteBatch) -> bool:
+        """True when every chunk is staged and restores cleanly (into a scratch
+        batch, so a bad chunk never reaches the core): step ``msg`` then."""
+        group_id, meta = msg.group_id, msg.snapshot
+        transfer = self.receiver.complete_for(group_id, msg.sender, meta.index) if meta else None
+        if meta is None or transfer is None:
+            self._stats.dropped_snapshots += 1
+            if meta is not None:
+                self._queue_status(msg.sender, group_id, meta.index, success=False)
+            return False
+        chunks = storage.incoming_chunks(batch, transfer.chunk_count)
+        scratch = WriteBatch(batch)
+        try:
+            if chunks is None:
+                raise CodecError("staged snapshot chunks are missing")
+            self._sm.restore(group_id, meta.index, chunks, scratch)
+        except CodecError as exc:
+            _log.warning("raft group %d: bad snapshot from %s: %s", group_id, msg.sender, exc)
+            del self.receiver.transfers[group_id]
+            storage.stage_clear_incoming(batch)
+            self._stats.snapshot_failures += 1
+            self._queue_status(msg.sender, group_id, meta.index, success=False)
+            return False
+        transfer.restored = scratch
+        return True
+
+    def install(self, storage: LevelDBStorage, meta: SnapshotMeta, batch: WriteBatch) -> None:
+        """The core accepted the snapshot: write it (log base + restored state)."""
+        group_id = storage.group_id
+        transfer = self.receiver.transfers.pop(group_id, None)
+        if transfer is None or transfer.restored is None or transfer.snapshot_index != meta.index:
+            raise InvariantViolation(f"group {group_id}: core installs an unstaged snapshot")
+        storage.stage_snapshot(batch, meta)
+        for key, value in transfer.restored.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        storage.stage_clear_incoming(batch)
+        self._queue_status(transfer.sender, group_id, meta.index, success=True)
+        self._stats.snapshots_installed += 1
+
+    def answer_declined(
+        self, storage_of: Callable[[int], LevelDBStorage | None], batch: WriteBatch
+    ) -> None:
+        """Snapshots stepped but not installed (the core was already up to
+        date): drop their chunks and let the leader move on."""
+        declined = [g for g, t in self.receiver.transfers.items() if t.restored is not None]
+        for group_id in declined:
+            transfer = self.receiver.transfers.pop(group_id)
+            storage = storage_of(group_id)
+            if storage is not None:
+                storage.stage_clear_incoming(batch)
+            self._queue_status(transfer.sender, group_id, transfer.snapshot_index, success=True)
+
+    def drop_group(self, group_id: int) -> None:
+        self.sender.drop_group(group_id)
+        self.receiver.transfers.pop(group_id, None)
+
+    def _queue_status(self, peer: str, group_id: int, index: int, *, success: bool) -> None:
+        status = SnapshotStatus(group_id=group_id, snapshot_index=index, success=success)
+        self._statuses.setdefault(peer, []).append(status)

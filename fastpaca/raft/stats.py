@@ -1,7 +1,7 @@
-"""Plain counters and gauges of one node's Raft driver.
+"""Plain counters and gauges of one node's Raft engine.
 
-``RaftStats`` is filled by ``driver.py`` and read by the metrics module,
-which exports it; it holds numbers only (no prometheus, no IO, no locks: the
+``RaftStats`` is filled by ``driver.py`` (``HostStats`` by ``host.py``) and
+read by the metrics module, which exports them; it holds numbers only (no prometheus, no IO, no locks: the
 driver's event loop is its only writer).
 """
 
@@ -11,7 +11,7 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["COMMIT_LATENCY_BUCKETS_S", "LatencyHistogram", "RaftStats"]
+__all__ = ["COMMIT_LATENCY_BUCKETS_S", "HostStats", "LatencyHistogram", "RaftStats"]
 
 COMMIT_LATENCY_BUCKETS_S = (
     0.0005,
@@ -55,6 +55,17 @@ class LatencyHistogram:
             if seen >= rank:
                 return bound
         return float("inf")
+
+
+@dataclass(slots=True)
+class HostStats:
+    dropped_unknown_group: int = 0
+    dropped_misaddressed: int = 0
+    dropped_snapshots: int = 0
+    """Snapshot chunks or SNAPSHOT messages out of order or unexpected."""
+    snapshots_sent: int = 0
+    snapshots_installed: int = 0
+    snapshot_failures: int = 0
 
 
 @dataclass(slots=True)
