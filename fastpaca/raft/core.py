@@ -23,7 +23,6 @@ from fastpaca.raft.election import ElectionMixin
 from fastpaca.raft.log import RaftLog
 from fastpaca.raft.messages import (
     ConfChange,
-    ConfChangeOp,
     ConfState,
     Entry,
     EntryType,
@@ -32,7 +31,7 @@ from fastpaca.raft.messages import (
     MessageType,
 )
 from fastpaca.raft.node_state import CAMPAIGN_TRANSFER, FROM_LEADER, VOTE_REQUESTS, RaftConfig
-from fastpaca.raft.progress import Progress, ProgressState, ProgressTracker
+from fastpaca.raft.progress import Progress, ProgressState, ProgressTracker, changed_conf
 from fastpaca.raft.readindex import ReadIndexMixin, ReadIndexQueue
 from fastpaca.raft.ready import Ready, Role, SoftState
 from fastpaca.raft.replication import ReplicationMixin
@@ -234,28 +233,18 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Make a committed membership change effective (called while applying)."""
-        voters = set(self._tracker.voters)
-        learners = set(self._tracker.learners)
-        if cc.op is ConfChangeOp.ADD_VOTER:
-            learners.discard(cc.node_id)
-            voters.add(cc.node_id)
-        elif cc.op is ConfChangeOp.ADD_LEARNER:
-            if cc.node_id not in voters:
-                learners.add(cc.node_id)
-        else:
-            voters.discard(cc.node_id)
-            learners.discard(cc.node_id)
-        conf = ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+        is_newcomer = not self._tracker.is_member(cc.node_id)
+        conf = changed_conf(self._tracker.conf_state, cc)
         self._tracker.set_conf(conf, next_index=self._log.last_index() + 1)
         if self._role is not Role.LEADER:
             return conf
         if self._id not in self._tracker.voters:
             self._become_follower(self._term, None)  # removed: leave the others to elect
             return conf
-        if self._lead_transferee is not None and self._lead_transferee not in voters:
+        if self._lead_transferee is not None and self._lead_transferee not in conf.voters:
             self._lead_transferee = None
-        if cc.node_id != self._id and cc.op is not ConfChangeOp.REMOVE:
-            self._maybe_send_append(cc.node_id)  # start probing a newcomer now
+        if is_newcomer and self._tracker.is_member(cc.node_id):
+            self._maybe_send_append(cc.node_id)  # start probing it now, not at the next heartbeat
         if self._maybe_commit():  # a smaller quorum may commit more
             self._commit_to_broadcast = True
         return conf

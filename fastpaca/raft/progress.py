@@ -12,9 +12,33 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from fastpaca.raft.messages import ConfState
+from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
 
-__all__ = ["Inflights", "Progress", "ProgressState", "ProgressTracker", "VoteResult"]
+__all__ = [
+    "Inflights",
+    "Progress",
+    "ProgressState",
+    "ProgressTracker",
+    "VoteResult",
+    "changed_conf",
+]
+
+
+def changed_conf(conf: ConfState, cc: ConfChange) -> ConfState:
+    """``conf`` after the single-server change ``cc`` (idempotent: adding a
+    member twice or removing a stranger changes nothing)."""
+    voters = set(conf.voters)
+    learners = set(conf.learners)
+    if cc.op is ConfChangeOp.ADD_VOTER:
+        learners.discard(cc.node_id)  # promotion
+        voters.add(cc.node_id)
+    elif cc.op is ConfChangeOp.ADD_LEARNER:
+        if cc.node_id not in voters:  # never a demotion
+            learners.add(cc.node_id)
+    else:
+        voters.discard(cc.node_id)
+        learners.discard(cc.node_id)
+    return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
 
 
 class ProgressState(enum.Enum):
@@ -181,6 +205,9 @@ class ProgressTracker:
                 progress.recent_active = True  # give a newcomer one timeout to answer
                 self.progress[node_id] = progress
             progress.is_learner = node_id in self.learners
+        # Sorted, so messages go out in the same order in every process (set
+        # order of strings depends on the per-process hash seed).
+        self.progress = {node_id: self.progress[node_id] for node_id in sorted(self.progress)}
 
     def reset_progress(self, *, next_index: int) -> None:
         self.progress = {
@@ -189,7 +216,7 @@ class ProgressTracker:
                 max_inflight=self.max_inflight,
                 is_learner=node_id in self.learners,
             )
-            for node_id in self.voters | self.learners
+            for node_id in sorted(self.voters | self.learners)
         }
 
     def is_member(self, node_id: str) -> bool:
