@@ -7,10 +7,13 @@ is at-least-once: consumers dedupe on ``(conversation_id, seq)``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Appended", "Effect", "EffectSink", "Tombstoned"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["Appended", "Effect", "EffectHub", "EffectSink", "Tombstoned"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,3 +34,23 @@ Effect = Appended | Tombstoned
 
 EffectSink = Callable[[int, Sequence[Effect]], None]
 """Called with (group id, effects of one ``apply`` call, in log order)."""
+
+
+class EffectHub:
+    """The state machine's ``EffectSink``: hands each apply's effects to every
+    listener (pub/sub, archive). Listeners must not block: they run inside the
+    Raft driver's iteration. A failing listener is logged, never propagated,
+    so it cannot stop the apply path."""
+
+    def __init__(self) -> None:
+        self._listeners: list[EffectSink] = []
+
+    def add_listener(self, listener: EffectSink) -> None:
+        self._listeners.append(listener)
+
+    def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(group_id, effects)
+            except Exception:
+                _log.exception("effect listener failed", extra={"type": "effects.listener_error"})

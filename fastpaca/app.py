@@ -1,0 +1,216 @@
+"""Composition root: builds one node's subsystems and fixes their order.
+
+Owns which objects exist, who gets which dependency, and the lifecycle:
+LevelDB opens first and closes last; the Raft driver starts after it and stops
+before it; HTTP serves only while both run. Each subsystem's start/stop is one
+``cleanup_ctx`` generator. ``serve`` runs the node until SIGTERM/SIGINT, then
+stops accepting, drains in-flight requests, stops the driver and returns.
+It holds no business logic and reads no configuration but ``Settings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from fastpaca.config import Settings
+from fastpaca.errors import ConfigError
+from fastpaca.observability.health import Readiness, every_group_has_leader
+from fastpaca.observability.metrics import Metrics
+from fastpaca.raft.driver import DriverConfig, RaftDriver
+from fastpaca.raft.kv import LevelDBKV
+from fastpaca.raft.transport_memory import InMemoryHub, InMemoryTransport
+from fastpaca.sdnotify import notify
+from fastpaca.store.effects import EffectHub
+from fastpaca.store.fsm import ConversationStateMachine
+from fastpaca.store.reads import StoreReader
+from fastpaca.store.runtime import ConversationRuntime, wall_clock_ms
+from fastpaca.web.openapi import openapi_json
+from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
+from fastpaca.web.server import build_web_app
+
+__all__ = ["NODE_KEY", "Node", "create_app", "serve"]
+
+_log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 6.0
+"""In-flight requests get this long after SIGTERM; with the driver's bounded
+stop the node exits well within DESIGN's 10 s."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """The running subsystems of one node (for tests and operators' tools)."""
+
+    node_id: str
+    kv: LevelDBKV
+    driver: RaftDriver
+    runtime: ConversationRuntime
+    effects: EffectHub
+    readiness: Readiness
+    metrics: Metrics
+
+
+NODE_KEY = web.AppKey("node", Node)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock_ms: Callable[[], int] = wall_clock_ms,
+    driver_config: DriverConfig | None = None,
+) -> web.Application:
+    """The node's application; nothing runs until aiohttp starts it. Raises
+    ``ConfigError`` when the data directory cannot be used."""
+    data_dir = _prepare_data_dir(settings.raft_data_dir)
+    node_id = _resolve_node_id(settings, data_dir)
+    kv = _open_kv(data_dir)
+    try:
+        metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
+        fsm = ConversationStateMachine(kv, effect_sink=effects)
+        transport = InMemoryHub().transport(node_id)  # a cluster of one: no peers
+        driver = RaftDriver(
+            node_id=node_id,
+            kv=kv,
+            state_machine=fsm,
+            transport=transport,
+            config=driver_config or DriverConfig(),
+        )
+        runtime = ConversationRuntime(
+            engine=driver,
+            reader=StoreReader(kv),
+            group_count=settings.raft_groups,
+            request_timeout_s=settings.request_timeout_ms / 1000,
+            clock_ms=clock_ms,
+            observer=metrics,
+        )
+        readiness.add_check(every_group_has_leader(driver))
+        metrics.watch_raft(driver.stats)
+        app = build_web_app(
+            metrics=metrics,
+            max_body_bytes=settings.max_body_bytes,
+            rate_limit_rps=settings.rate_limit_rps,
+        )
+        app[RUNTIME_KEY] = runtime
+        app[READINESS_KEY] = readiness
+        app[OPENAPI_KEY] = openapi_json()
+        app[NODE_KEY] = Node(node_id, kv, driver, runtime, effects, readiness, metrics)
+    except BaseException:
+        kv.close()
+        raise
+    app.cleanup_ctx.append(_storage_ctx(kv))
+    app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups))
+    return app
+
+
+def _prepare_data_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"FASTPACA_RAFT_DATA_DIR={path}: cannot create the data directory ({exc.strerror})"
+        ) from None
+    return path
+
+
+def _resolve_node_id(settings: Settings, data_dir: Path) -> str:
+    """NODE_NAME, or a random name chosen once and kept in the data dir: the
+    Raft groups on disk name their voters, so the id must survive restarts."""
+    stored_file = data_dir / "node_name"
+    stored = stored_file.read_text().strip() if stored_file.exists() else None
+    if settings.node_name is not None:
+        if stored is not None and stored != settings.node_name:
+            raise ConfigError(
+                f"NODE_NAME={settings.node_name}: the data directory {data_dir} belongs to "
+                f"node {stored!r}; use that name or a fresh FASTPACA_RAFT_DATA_DIR"
+            )
+        node_id = settings.node_name
+    else:
+        node_id = stored or f"fastpaca-{secrets.token_hex(4)}"
+    if stored is None:
+        try:
+            stored_file.write_text(node_id + "\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
+            ) from None
+    return node_id
+
+
+def _open_kv(data_dir: Path) -> LevelDBKV:
+    try:
+        return LevelDBKV(str(data_dir / "leveldb"))
+    except Exception as exc:  # plyvel raises its own IOError/CorruptionError
+        raise ConfigError(
+            f"FASTPACA_RAFT_DATA_DIR={data_dir}: cannot open LevelDB "
+            f"(another fastpaca running on it?): {exc}"
+        ) from None
+
+
+def _storage_ctx(kv: LevelDBKV) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def storage(app: web.Application) -> AsyncIterator[None]:
+        yield
+        kv.close()
+
+    return storage
+
+
+def _raft_ctx(
+    driver: RaftDriver, transport: InMemoryTransport, node_id: str, group_count: int
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def raft(app: web.Application) -> AsyncIterator[None]:
+        await transport.start()
+        await driver.start()
+        for group_id in range(group_count):
+            driver.ensure_group(group_id, [node_id])  # bootstraps only if absent
+        _log.info(
+            "raft started",
+            extra={"type": "raft.started", "node_id": node_id, "groups": group_count},
+        )
+        yield
+        await driver.stop(transfer_leadership=True)
+        await transport.stop()
+
+    return raft
+
+
+async def serve(settings: Settings) -> None:
+    """Run one node until SIGTERM or SIGINT; then drain and stop. Raises
+    ``ConfigError`` for start-up failures the operator must fix."""
+    app = create_app(settings)
+    node = app[NODE_KEY]
+    access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
+    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=DRAIN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.bind, settings.port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"PORT={settings.port}: cannot listen on {settings.bind}:{settings.port} "
+            f"({exc.strerror or exc})"
+        ) from None
+    _log.info(
+        "listening",
+        extra={"type": "server.listening", "node_id": node.node_id, "bind": settings.bind,
+               "port": settings.port},
+    )  # fmt: skip
+    notify("READY=1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    notify("STOPPING=1")
+    node.readiness.mark_stopping()
+    _log.info("stopping: draining requests", extra={"type": "server.stopping"})
+    await runner.cleanup()
+    _log.info("stopped", extra={"type": "server.stopped"})

@@ -1,0 +1,176 @@
+"""Every Prometheus series of the node, defined once.
+
+Owns metric names, labels and buckets (DESIGN section 6) on a registry of its
+own (one per node object, so tests can run many). Subsystems receive the
+``Metrics`` object and record into it; Raft series are read from the engine's
+stats at scrape time. It serves nothing itself: ``web/rest.py`` renders
+``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from fastpaca.raft.stats import RaftStats
+from fastpaca.store.messages import PreparedMessage
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_TOKEN_BUCKETS = (0, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
+_FLUSH_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.messages_appended = Counter(
+            "fastpaca_messages_append",
+            "Messages appended, by role and entry point.",
+            ["role", "source"],
+            registry=registry,
+        )
+        self.message_token_count = Histogram(
+            "fastpaca_messages_token_count",
+            "Token count of appended messages.",
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.http_request_duration = Histogram(
+            "fastpaca_http_request_duration_seconds",
+            "HTTP request duration by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self._define_archive_series()
+
+    def _define_archive_series(self) -> None:
+        # DESIGN section 6 archive series; recorded by the archiver when it runs.
+        registry = self.registry
+        self.archive_pending_rows = Gauge(
+            "fastpaca_archive_pending_rows", "Messages not yet archived.", registry=registry
+        )
+        self.archive_pending_conversations = Gauge(
+            "fastpaca_archive_pending_conversations",
+            "Conversations with messages not yet archived.",
+            registry=registry,
+        )
+        self.archive_flush_duration_ms = Histogram(
+            "fastpaca_archive_flush_duration_ms",
+            "Duration of one archive flush in milliseconds.",
+            buckets=_FLUSH_BUCKETS_MS,
+            registry=registry,
+        )
+        self.archive_attempted = Counter(
+            "fastpaca_archive_attempted", "Rows the archiver tried to insert.", registry=registry
+        )
+        self.archive_inserted = Counter(
+            "fastpaca_archive_inserted", "Rows the archiver inserted.", registry=registry
+        )
+        self.archive_bytes_attempted = Counter(
+            "fastpaca_archive_bytes_attempted", "Bytes the archiver tried to insert.",
+            registry=registry,
+        )  # fmt: skip
+        self.archive_bytes_inserted = Counter(
+            "fastpaca_archive_bytes_inserted", "Bytes the archiver inserted.", registry=registry
+        )
+        self.archive_lag = Gauge(
+            "fastpaca_archive_lag",
+            "Messages of a conversation not yet archived.",
+            ["conversation_id"],
+            registry=registry,
+        )
+        self.archive_tail_size = Gauge(
+            "fastpaca_archive_tail_size", "Messages kept in Raft per conversation (FASTPACA_TAIL_KEEP).",
+            registry=registry,
+        )  # fmt: skip
+        self.archive_trimmed = Counter(
+            "fastpaca_archive_trimmed", "Messages trimmed from Raft state.", registry=registry
+        )
+
+    def appended(self, messages: Sequence[PreparedMessage], *, source: str = "http") -> None:
+        for message in messages:
+            self.messages_appended.labels(message.role, source).inc()
+            self.message_token_count.observe(message.token_count)
+
+    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        self.http_request_duration.labels(route, method, str(status)).observe(duration_s)
+
+    def watch_raft(self, stats: RaftStats) -> None:
+        """Export the Raft series, read from the driver's ``stats`` on every scrape."""
+        self.registry.register(_RaftCollector(stats))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RaftCollector(Collector):
+    def __init__(self, stats: RaftStats) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # collected lazily; nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        stats = self._stats
+        yield GaugeMetricFamily(
+            "fastpaca_raft_groups_hosted", "Raft groups with a replica on this node.",
+            value=stats.groups_hosted,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "fastpaca_raft_leaders", "Raft groups this node currently leads.",
+            value=stats.leaders_held,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "fastpaca_raft_term_changes", "Term changes seen by this node's groups.",
+            value=stats.term_changes,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "fastpaca_raft_leader_changes", "Leader or role changes of this node's groups.",
+            value=stats.leader_changes,
+        )  # fmt: skip
+        dropped = CounterMetricFamily(
+            "fastpaca_raft_proposals_dropped",
+            "Proposals that did not apply: refused (not leader, dropped, overloaded), "
+            "lost with leadership, or timed out.",
+            labels=["reason"],
+        )
+        dropped.add_metric(["refused"], stats.proposals_rejected)
+        dropped.add_metric(["leadership_lost"], stats.proposals_failed)
+        dropped.add_metric(["timeout"], stats.proposals_timed_out)
+        yield dropped
+        yield CounterMetricFamily(
+            "fastpaca_raft_proposals", "Proposals made on this node.", value=stats.proposals
+        )
+        yield CounterMetricFamily(
+            "fastpaca_raft_synced_writes", "fsync'd LevelDB batch writes.",
+            value=stats.synced_writes,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "fastpaca_raft_messages_dropped", "Inbound Raft messages dropped as invalid.",
+            value=stats.messages_dropped,
+        )  # fmt: skip
+        yield _latency_family(stats)
+
+
+def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
+    histogram = stats.commit_latency
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*histogram.bounds_s, float("inf")), histogram.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+    return HistogramMetricFamily(
+        "fastpaca_raft_commit_latency_seconds",
+        "Time from propose to apply of this node's proposals.",
+        buckets=buckets,
+        sum_value=histogram.total_s,
+    )

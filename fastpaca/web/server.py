@@ -1,0 +1,112 @@
+"""The aiohttp application of the public API: routes and middlewares.
+
+Owns the route table (the one list the router and the OpenAPI test both read)
+and the middleware chain: request metrics outermost, then error mapping, then
+the optional per-node rate limit. It builds no subsystem: ``app.py`` fills the
+``AppKey``s of ``rest.py`` and adds the lifecycle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from fastpaca.errors import Overloaded
+from fastpaca.observability.metrics import Metrics
+from fastpaca.web import rest
+from fastpaca.web.errors import error_middleware
+
+__all__ = ["ROUTES", "Route", "build_web_app"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    is_rate_limited: bool = True
+
+
+_CONVERSATION = "/v1/conversations/{id}"
+ROUTES: tuple[Route, ...] = (
+    Route("PUT", _CONVERSATION, rest.put_conversation),
+    Route("GET", _CONVERSATION, rest.get_conversation),
+    Route("DELETE", _CONVERSATION, rest.delete_conversation),
+    Route("POST", _CONVERSATION + "/messages", rest.append_messages),
+    Route("GET", _CONVERSATION + "/messages", rest.replay_messages),
+    Route("GET", _CONVERSATION + "/tail", rest.tail_messages),
+    Route("GET", "/health/live", rest.health_live, is_rate_limited=False),
+    Route("GET", "/health/ready", rest.health_ready, is_rate_limited=False),
+    Route("GET", "/metrics", rest.metrics, is_rate_limited=False),
+    Route("GET", "/v1/openapi.json", rest.openapi, is_rate_limited=False),
+)
+_UNLIMITED_PATHS = frozenset(route.path for route in ROUTES if not route.is_rate_limited)
+
+
+def _metrics_middleware(metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handler(request)
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else "unmatched"
+        metrics.observe_request(
+            template, request.method, response.status, time.perf_counter() - started
+        )
+        return response
+
+    return observe
+
+
+class _TokenBucket:
+    """Per-node request budget: ``rate_per_s`` sustained, bursts up to one second's worth."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self._rate = rate_per_s
+        self._capacity = max(1.0, rate_per_s)
+        self._tokens = self._capacity
+        self._updated = time.monotonic()
+
+    def try_take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+def _rate_limit_middleware(rate_per_s: float) -> Middleware:
+    bucket = _TokenBucket(rate_per_s)
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else ""
+        if path not in _UNLIMITED_PATHS and not bucket.try_take():
+            raise Overloaded(
+                f"Rate limit of {rate_per_s:g} requests/s exceeded (FASTPACA_RATE_LIMIT_RPS)"
+            )
+        return await handler(request)
+
+    return limit
+
+
+def build_web_app(
+    *, metrics: Metrics, max_body_bytes: int, rate_limit_rps: float | None
+) -> web.Application:
+    middlewares = [_metrics_middleware(metrics), error_middleware]
+    if rate_limit_rps is not None:
+        middlewares.append(_rate_limit_middleware(rate_limit_rps))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app[rest.METRICS_KEY] = metrics
+    return app
