@@ -3,8 +3,8 @@
 Owns what happens on a connection after the handshake: the bounded queue
 ``send`` fills, the single writer that packs queued payloads into as few
 websocket messages as possible (``frames.py``), and the reader that splits
-inbound messages and hands each payload to a dispatch callback. A malformed
-message closes this link only. It does not dial, authenticate or decide which
+inbound messages and hands them to a dispatch callback. A malformed message
+(or one the callback rejects) closes this link only. It does not dial, authenticate or decide which
 link is a peer's current one; ``transport_ws.py`` does.
 """
 
@@ -53,6 +53,7 @@ ENDED_TYPES: Final = frozenset(
 _log = logging.getLogger(__name__)
 
 Dispatch = Callable[[str, list[tuple[int, bytes]]], None]
+"""Delivers one message's records; raises MalformedFrame to reject them."""
 
 
 class PeerSocket(Protocol):
@@ -167,12 +168,12 @@ class PeerLink:
                 if message.type is not aiohttp.WSMsgType.BINARY:
                     raise MalformedFrame(f"unexpected websocket message type {message.type!r}")
                 records = decode_records(message.data)
+                stats.frames_received += 1
+                stats.messages_received += len(records)
+                stats.bytes_received += sum(len(payload) for _, payload in records)
+                dispatch(self.peer_id, records)
             except MalformedFrame as exc:
                 stats.malformed_frames += 1
                 _log.warning("cluster: malformed frame from %s, closing: %s", self.peer_id, exc)
                 await self.close(CLOSE_MALFORMED)
                 return
-            stats.frames_received += 1
-            stats.messages_received += len(records)
-            stats.bytes_received += sum(len(payload) for _, payload in records)
-            dispatch(self.peer_id, records)

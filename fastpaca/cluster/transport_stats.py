@@ -69,6 +69,7 @@ class TransportStats:
     unroutable_messages: int = 0
     """Payloads on a channel nobody subscribed to."""
     handler_errors: int = 0
+    """Payloads a channel handler rejected by raising; each closed its link."""
 
     def peer(self, peer_id: str) -> PeerStats:
         stats = self.peers.get(peer_id)

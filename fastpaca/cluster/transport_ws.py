@@ -43,6 +43,7 @@ import aiohttp
 from aiohttp import web
 
 from fastpaca.cluster import auth
+from fastpaca.cluster.frames import MalformedFrame
 from fastpaca.cluster.peer_link import (
     CLOSE_AUTH_FAILED,
     CLOSE_DUPLICATE,
@@ -384,6 +385,13 @@ class WebSocketTransport:
             link.closed.set()
 
     def _dispatch(self, peer_id: str, records: list[tuple[int, bytes]]) -> None:
+        """Hand each payload to its channel's handler, in order.
+
+        A handler that raises rejects the payload as malformed (the Raft
+        driver raises ``CodecError`` for a frame it cannot decode): the rest
+        of the message is not delivered and the link is closed, because a peer
+        that sends garbage once cannot be trusted to be in sync after it.
+        """
         for channel, payload in records:
             handler = self._handlers.get(channel)
             if handler is None:
@@ -391,11 +399,11 @@ class WebSocketTransport:
                 continue
             try:
                 handler(peer_id, payload)
-            except Exception:  # a handler bug must not take the link down with it
+            except Exception as exc:
                 self.stats.handler_errors += 1
-                _log.exception(
-                    "cluster: handler for channel %d failed on a message from %s", channel, peer_id
-                )
+                raise MalformedFrame(
+                    f"channel {channel} handler rejected a payload: {exc!r}"
+                ) from exc
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -312,6 +312,26 @@ async def test_malformed_frame_after_handshake_closes_only_that_link(nodes) -> N
     assert ("m", True) in a.peer_events and ("m", False) in a.peer_events
 
 
+async def test_payload_rejected_by_its_handler_closes_the_link_which_comes_back(nodes) -> None:
+    a, b = await nodes("a"), await nodes("b")
+    mesh(a, b)
+    await eventually(connected(a, b))
+
+    def strict(peer: str, payload: bytes) -> None:
+        if payload == b"poison":
+            raise ValueError("cannot decode")
+        b.received.append((peer, Channel.RAFT, payload))
+
+    b.transport.subscribe(Channel.RAFT, strict)
+    for payload in (b"one", b"poison", b"lost with the poisoned frame"):
+        assert a.transport.send("b", Channel.RAFT, payload)
+    await eventually(lambda: b.transport.stats.peer("a").malformed_frames == 1)
+    assert b.transport.stats.handler_errors == 1
+    await eventually(lambda: a.peer_events[-2:] == [("b", False), ("b", True)])
+    assert a.transport.send("b", Channel.RAFT, b"two")
+    await eventually(lambda: [p for _, _, p in b.received] == [b"one", b"two"])
+
+
 # --- liveness ----------------------------------------------------------------------
 
 
