@@ -29,8 +29,11 @@ class RaftLog:
         self._snapshot: SnapshotMeta | None = None
         self._snapshot_in_progress = False
         first = storage.first_index()
-        self.committed = max(committed, first - 1)
         self.applied = max(applied, first - 1)
+        # A commit-only hard state change is not fsync'd, so after a crash the
+        # stored commit may trail what the state machine already applied:
+        # anything applied was committed.
+        self.committed = max(committed, self.applied)
         self.applying = self.applied
         """Highest index handed out to apply (>= ``applied`` until advance)."""
         if self.committed > self.last_index():

@@ -184,3 +184,16 @@ def test_compaction_under_an_inflight_follower_falls_back_to_snapshot() -> None:
     net.heal()
     net.tick(4)
     assert net.applied_data("c") == net.applied_data("a")
+
+
+def test_restart_with_stored_commit_behind_applied_index() -> None:
+    """Commit-only hard state changes are not synced: after a crash the stored
+    commit may trail the state machine; applied entries count as committed."""
+    storage = MemoryStorage(conf_state=ConfState(voters=("a", "b")))
+    storage.append([Entry(index=i, term=1) for i in range(1, 6)])
+    storage.set_hard_state(HardState(term=1, commit=2))
+    node = RaftNode(
+        RaftConfig(node_id="a", group_id=GROUP_ID, applied_index=4), storage, random.Random(1)
+    )
+    assert node.commit_index == 4 and node.applied_index == 4
+    assert not node.has_ready() or not node.ready().committed_entries
