@@ -102,6 +102,7 @@ class RaftDriver:
         self._leader_waits: dict[int, list[tuple[str, asyncio.Future[None]]]] = {}
         self._read_seq = 0
         self._terms: dict[int, int] = {}
+        self._led: set[int] = set()
         self._runner: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._stopping = False
@@ -283,6 +284,7 @@ class RaftDriver:
                 now = loop.time()
                 if now >= next_tick:
                     self._host.tick()
+                    self._refresh_slow_stats()
                     # Ticks are counted, not replayed: after a stall, one tick.
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
                 self._drain()
@@ -324,6 +326,7 @@ class RaftDriver:
             if self._transport.send(peer, Channel.RAFT, frame):
                 self.stats.frames_sent[peer] += 1
                 self.stats.bytes_sent[peer] += len(frame)
+                self.stats.messages_sent[peer] += iteration.message_counts.get(peer, 0)
             else:
                 self.stats.send_failures[peer] += 1
                 unreachable.append(peer)
@@ -348,6 +351,9 @@ class RaftDriver:
                 self._release_reads(group_id)
         for group_id, soft in result.soft_states:
             self._on_soft_state(group_id, soft.role, soft.leader_id)
+
+    def _refresh_slow_stats(self) -> None:
+        """Stats that cost a pass over every group: refreshed once per tick."""
         host_stats = self._host.stats
         self.stats.messages_dropped = (
             self._host.dropped_by_cores
@@ -356,6 +362,9 @@ class RaftDriver:
         )
         self.stats.snapshots_sent = host_stats.snapshots_sent
         self.stats.snapshots_installed = host_stats.snapshots_installed
+        self.stats.groups_hosted = len(self._host.group_ids())
+        self._led.intersection_update(self._host.group_ids())  # removed groups
+        self.stats.leaders_held = len(self._led)
 
     def _resolve_applied(
         self,
@@ -403,8 +412,11 @@ class RaftDriver:
         if term != self._terms.get(group_id, term):
             self.stats.term_changes += 1
         self._terms[group_id] = term
-        self.stats.leaders_held = sum(1 for g in self._host.group_ids() if self._host.is_leader(g))
-        self.stats.groups_hosted = len(self._host.group_ids())
+        if role is Role.LEADER:
+            self._led.add(group_id)
+        else:
+            self._led.discard(group_id)
+        self.stats.leaders_held = len(self._led)
         if role is not Role.LEADER:
             self._fail_group(group_id, LeadershipLost(group_id, leader_id))
         for to, future in self._leader_waits.pop(group_id, []):

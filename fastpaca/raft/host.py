@@ -305,10 +305,13 @@ class NodeHost:
             readies.append(ProcessedReady(group_id, group, rd, applied))
         self._dirty.clear()
         self._snapshots.answer_declined(self._storage_of, batch)
+        counts = {peer: len(messages) for peer, messages in outgoing.items()}
         frames = self._encode_frames(outgoing)
         bootstrapped, self._bootstrapping = self._bootstrapping, {}
         self._in_iteration = True
-        return Iteration(self._kv, batch, must_sync, frames, readies, bootstrapped)
+        iteration = Iteration(self._kv, batch, must_sync, frames, readies, bootstrapped)
+        iteration.message_counts = counts
+        return iteration
 
     def finish(self, iteration: Iteration) -> IterationResult:
         """After the write (and the sends): expose the written state, advance

@@ -57,7 +57,16 @@ class ProcessedReady(NamedTuple):
 class Iteration:
     """What one pass over all groups produced: a batch to write, then frames."""
 
-    __slots__ = ("_frames", "_kv", "_written", "batch", "bootstrapped", "must_sync", "readies")
+    __slots__ = (
+        "_frames",
+        "_kv",
+        "_written",
+        "batch",
+        "bootstrapped",
+        "message_counts",
+        "must_sync",
+        "readies",
+    )
 
     def __init__(
         self,
@@ -72,6 +81,8 @@ class Iteration:
         self.batch = batch
         self.must_sync = must_sync
         self._frames = frames
+        self.message_counts: dict[str, int] = {}
+        """Raft messages per peer in this iteration's frames (stats)."""
         self.readies = readies
         self.bootstrapped = bootstrapped
         self._written = False

@@ -91,6 +91,8 @@ class RaftStats:
     snapshots_sent: int = 0
     snapshots_installed: int = 0
     frames_sent: Counter[str] = field(default_factory=Counter)
+    messages_sent: Counter[str] = field(default_factory=Counter)
+    """Raft messages per peer (heartbeats of many groups count one each)."""
     bytes_sent: Counter[str] = field(default_factory=Counter)
     send_failures: Counter[str] = field(default_factory=Counter)
     commit_latency: LatencyHistogram = field(default_factory=LatencyHistogram)

@@ -121,7 +121,14 @@ async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> N
     assert len(expected) == 200
     await wait_for(lambda: all(n.sm.items(0) == expected for n in cluster.nodes.values()))
     # Group commit: far fewer synced writes than proposals.
-    assert leader.driver.stats.synced_writes < 100
+    stats = leader.driver.stats
+    assert stats.synced_writes < 100
+    assert stats.proposals_applied == 200
+    assert stats.commit_latency.samples == 200
+    assert stats.leaders_held == 1
+    for peer in NAMES:
+        if peer != leader.name:
+            assert stats.messages_sent[peer] >= stats.frames_sent[peer] > 0
 
 
 async def test_follower_answers_not_leader_with_a_hint(cluster: Cluster) -> None:
