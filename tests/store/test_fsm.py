@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import orjson
-from conftest import FsmHarness
+from fsm_harness import FsmHarness, append, text, upsert
 
 from fastpaca.raft.kv import LevelDBKV, WriteBatch
 from fastpaca.raft.messages import Entry, EntryType
 from fastpaca.store.commands import (
     AckArchived,
-    AppendMessages,
     TombstoneConversation,
-    UpsertConversation,
 )
 from fastpaca.store.effects import Appended, Tombstoned
-from fastpaca.store.messages import NewMessage, build_append
 from fastpaca.store.results import (
     AppendApplied,
     ArchiveAcked,
@@ -25,33 +22,6 @@ from fastpaca.store.results import (
 )
 
 CID = "support-123"
-
-
-def upsert(
-    cid: str = CID, metadata: dict[str, object] | None = None, now_ms: int = 1_000
-) -> UpsertConversation:
-    meta = None if metadata is None else orjson.dumps(metadata)
-    return UpsertConversation(conversation_id=cid, metadata_json=meta, now_ms=now_ms)
-
-
-def text(body: str, role: str = "user", tokens: int | None = None) -> NewMessage:
-    return NewMessage(
-        role=role, parts=[{"type": "text", "text": body}], metadata={}, token_count=tokens
-    )
-
-
-def append(
-    *messages: NewMessage,
-    cid: str = CID,
-    key: str | None = None,
-    if_version: int | None = None,
-    batch: bool = False,
-    now_ms: int = 2_000,
-) -> AppendMessages:
-    command, _ = build_append(
-        cid, messages, now_ms=now_ms, is_batch=batch, if_version=if_version, idempotency_key=key
-    )
-    return command
 
 
 def test_upsert_creates_then_updates_and_keeps_metadata(harness: FsmHarness) -> None:

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import orjson
-from conftest import FsmHarness
+from fsm_harness import FsmHarness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FsmHarness
-from test_fsm import append, text, upsert
+from fsm_harness import FsmHarness, append, text, upsert
 
 from fastpaca.raft.codec import CodecError
 from fastpaca.raft.kv import LevelDBKV, WriteBatch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
-from conftest import FakeClock
+from node_harness import FakeClock
 
 
 async def test_put_creates_with_empty_metadata_and_full_record(client: TestClient) -> None:

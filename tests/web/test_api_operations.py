@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import FAST_DRIVER
+from node_harness import FAST_DRIVER
 
 from fastpaca.app import create_app
 from fastpaca.config import Settings
