@@ -10,12 +10,18 @@ from pathlib import Path
 import pytest
 
 from fastpaca.errors import InvariantViolation, NotLeader
-from fastpaca.raft.codec import CodecError, decode_frame, encode_frame
+from fastpaca.raft.codec import (
+    CodecError,
+    SnapshotChunk,
+    SnapshotStatus,
+    decode_frame,
+    encode_frame,
+)
 from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.host import HostConfig, IterationResult, NodeHost
 from fastpaca.raft.kv import LevelDBKV
 from fastpaca.raft.leveldb import LevelDBStorage
-from fastpaca.raft.messages import ConfState, Message, MessageType
+from fastpaca.raft.messages import ConfState, Message, MessageType, SnapshotMeta
 from fastpaca.raft.testing import KVStateMachine, put_command
 
 NAMES = ("n1", "n2", "n3")
@@ -278,3 +284,56 @@ def test_removed_group_leaves_no_keys(cluster: Cluster) -> None:
     assert list(kv.iterate(b"r\x00\x04", b"r\x00\x05")) == []
     assert list(kv.iterate(b"s\x00\x04", b"s\x00\x05")) == []
     assert host.group_ids() == []
+
+
+def test_all_groups_rebuild_from_disk_after_every_node_restarts(cluster: Cluster) -> None:
+    for host in cluster.hosts.values():
+        for group_id in (1, 2, 3):
+            host.ensure_group(group_id, NAMES)
+    for group_id in (1, 2, 3):
+        leader = cluster.elect(group_id)
+        cluster.hosts[leader].propose(group_id, put_command(b"g", b"%d" % group_id))
+    cluster.settle(10)
+    commits = {g: cluster.hosts["n1"].core(g).commit_index for g in (1, 2, 3)}
+    for name in NAMES:
+        cluster.stop(name)
+    for name in NAMES:
+        cluster.start(name)
+    for name in NAMES:
+        host = cluster.hosts[name]
+        assert host.group_ids() == [1, 2, 3]
+        for group_id in (1, 2, 3):
+            assert host.core(group_id).commit_index >= commits[group_id]
+            assert cluster.sms[name].get(group_id, b"g") == b"%d" % group_id
+    leader = cluster.elect(2)
+    cluster.hosts[leader].propose(2, put_command(b"g", b"again"))
+    cluster.settle(5)
+    assert all(cluster.sms[n].get(2, b"g") == b"again" for n in NAMES)
+
+
+def test_snapshot_with_a_bad_chunk_never_reaches_the_core(cluster: Cluster) -> None:
+    for host in cluster.hosts.values():
+        host.ensure_group(1, NAMES)
+    leader = cluster.elect(1)
+    follower = next(n for n in NAMES if n != leader)
+    host = cluster.hosts[follower]
+    term = host.core(1).term
+    meta = SnapshotMeta(index=500, term=term, conf_state=ConfState(voters=NAMES))
+    bogus = SnapshotChunk(
+        group_id=1, term=term, snapshot_index=500, seq=0, is_last=True, data=b"\x00\x05ab"
+    )
+    snapshot = Message(
+        type=MessageType.SNAPSHOT, group_id=1, sender=leader, to=follower, term=term, snapshot=meta
+    )
+    host.receive(leader, encode_frame(leader, follower, [snapshot], [bogus]))
+    assert host.stats.snapshot_failures == 1
+    assert host.core(1).commit_index < 500  # the core never saw it
+    iteration = host.prepare()
+    iteration.write()
+    status = decode_frame(iteration.frames()[leader]).statuses
+    host.finish(iteration)
+    assert status == [SnapshotStatus(group_id=1, snapshot_index=500, success=False)]
+    # A SNAPSHOT message without its chunks is dropped the same way.
+    host.receive(leader, encode_frame(leader, follower, [snapshot]))
+    assert host.stats.dropped_snapshots == 1
+    assert host.core(1).commit_index < 500
