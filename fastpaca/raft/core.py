@@ -45,6 +45,10 @@ __all__ = ["CAMPAIGN_TRANSFER", "RaftConfig", "RaftNode", "decode_conf_change_en
 _MAX_APPLY_BYTES = 4 << 20
 """Data handed out to apply per Ready: bounds one driver iteration's work."""
 
+_LEADER = Role.LEADER
+"""Looking up an enum member allocates on Python 3.11; ``tick`` runs for every
+idle group on every tick, so it compares against this module constant."""
+
 
 class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     """One group's Raft state machine; see the module docstring."""
@@ -155,7 +159,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     # --- time ---------------------------------------------------------------------
 
     def tick(self) -> None:
-        if self._role is Role.LEADER:
+        if self._role is _LEADER:
             self._tick_heartbeat()
         else:
             self._tick_election()

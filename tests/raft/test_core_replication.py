@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from fastpaca.errors import NotLeader, ProposalDropped
@@ -229,3 +231,30 @@ def test_hard_state_and_must_sync_for_votes() -> None:
     assert rd.hard_state.term == 1 and rd.hard_state.vote == "a"
     assert rd.must_sync
     assert rd.soft_state is not None
+
+
+def test_idle_follower_tick_allocates_nothing() -> None:
+    """An idle group costs a counter increment per tick: no allocation at
+    all (not even a temporary one), and no Ready."""
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    follower = net["b"]
+    follower.tick()
+
+    def idle_ticks() -> bool:
+        # Unrolled: a loop would allocate its own iterator.
+        follower.tick()
+        follower.tick()
+        follower.tick()
+        return follower.has_ready()
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        has_ready = idle_ticks()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not has_ready
+    assert peak - baseline == 0, f"{peak - baseline} bytes allocated by idle ticks"
