@@ -6,7 +6,9 @@ iteration's ``WriteBatch``; ``on_written`` moves the in-memory view (first and
 last index, hard state, membership, a bounded cache of recent entries) forward
 only once that batch is durably written, and ``on_write_failed`` forgets what
 was staged. It never writes to the KV itself and never decides *what* to
-write: that is the core's Ready, handed over by ``host.py``.
+write: that is the core's Ready, handed over by ``host.py``. The entry
+caches of all groups share one node-wide ``CacheBudget`` (idle groups' caches
+go first), so replication reads rarely touch LevelDB and memory stays bounded.
 
 Key layout (every integer fixed-width big-endian, so byte order = numeric order)::
 
@@ -18,41 +20,39 @@ Key layout (every integer fixed-width big-endian, so byte order = numeric order)
 
 The state machine owns prefix ``b"s" + group:u16``; nothing here touches it.
 
-Every record is ``version:u8 | crc32:u32 | body``. An entry's CRC also covers
-its index (so a record copied under the wrong key is caught); its body is
-``term:u64 | type:u8 | data``. A record that fails its checksum, has an
-unknown version or is truncated raises ``CorruptLogError(group, index, ...)``:
-it is never returned, so it can never be applied.
+Records are checksummed and versioned (format in ``log_records.py``): a
+corrupt, truncated or missing record raises ``CorruptLogError(group, index,
+...)`` and is never returned, so it can never be applied.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from fastpaca.errors import CorruptLogError
 from fastpaca.raft.kv import KVView, WriteBatch
-from fastpaca.raft.messages import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from fastpaca.raft.log_records import (
+    decode_conf_state,
+    decode_entry,
+    decode_hard_state,
+    decode_snapshot_meta,
+    encode_conf_state,
+    encode_entry_at,
+    encode_hard_state,
+    encode_snapshot_meta,
+)
+from fastpaca.raft.messages import ConfState, Entry, HardState, SnapshotMeta
 from fastpaca.raft.storage import CompactedError, UnavailableError
 
 __all__ = ["CacheBudget", "LevelDBStorage", "group_prefix", "staging_key"]
 
-_FORMAT_VERSION = 1
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_RECORD_HEAD = struct.Struct(">BI")  # version, crc32
-_ENTRY_HEAD = struct.Struct(">BIQB")  # version, crc32, term, type
-_TERM_TYPE = struct.Struct(">QB")
-_HARD_STATE = struct.Struct(">QQ")  # term, commit (+ vote bytes)
-_SNAPSHOT_HEAD = struct.Struct(">QQ")  # index, term (+ conf state)
 _MAX_INDEX = (1 << 64) - 1
-_ENTRY_TYPES = {int(t): t for t in EntryType}
-_T = TypeVar("_T")
 
 
 def group_prefix(group_id: int) -> bytes:
@@ -67,129 +67,6 @@ def staging_key(group_id: int, seq: int) -> bytes:
 
 def _entry_key(prefix: bytes, index: int) -> bytes:
     return prefix + b"e" + _U64.pack(index)
-
-
-# --- record encoding -------------------------------------------------------------
-
-
-def encode_entry(entry: Entry) -> bytes:
-    """The stored record of ``entry`` (its key carries the index)."""
-    return _encode_entry_at(_U64.pack(entry.index), entry)
-
-
-def _encode_entry_at(index_bytes: bytes, entry: Entry) -> bytes:
-    body_tail = _TERM_TYPE.pack(entry.term, entry.type) + entry.data
-    crc = zlib.crc32(body_tail, zlib.crc32(index_bytes))
-    return _RECORD_HEAD.pack(_FORMAT_VERSION, crc) + body_tail
-
-
-def decode_entry(group_id: int, index: int, record: bytes) -> Entry:
-    if len(record) < _ENTRY_HEAD.size:
-        raise CorruptLogError(group_id, index, f"truncated entry record ({len(record)} bytes)")
-    version, crc, term, type_code = _ENTRY_HEAD.unpack_from(record)
-    if version != _FORMAT_VERSION:
-        raise CorruptLogError(group_id, index, f"unknown record version {version}")
-    body_tail = memoryview(record)[5:]
-    if zlib.crc32(body_tail, zlib.crc32(_U64.pack(index))) != crc:
-        raise CorruptLogError(group_id, index, "entry checksum mismatch")
-    entry_type = _ENTRY_TYPES.get(type_code)
-    if entry_type is None:
-        raise CorruptLogError(group_id, index, f"unknown entry type {type_code}")
-    return Entry(index=index, term=term, type=entry_type, data=record[_ENTRY_HEAD.size :])
-
-
-def _seal(body: bytes) -> bytes:
-    return _RECORD_HEAD.pack(_FORMAT_VERSION, zlib.crc32(body)) + body
-
-
-def _unseal(group_id: int, what: str, record: bytes) -> memoryview:
-    if len(record) < _RECORD_HEAD.size:
-        raise CorruptLogError(group_id, 0, f"truncated {what} record")
-    version, crc = _RECORD_HEAD.unpack_from(record)
-    if version != _FORMAT_VERSION:
-        raise CorruptLogError(group_id, 0, f"unknown {what} record version {version}")
-    body = memoryview(record)[_RECORD_HEAD.size :]
-    if zlib.crc32(body) != crc:
-        raise CorruptLogError(group_id, 0, f"{what} checksum mismatch")
-    return body
-
-
-def _pack_names(names: tuple[str, ...]) -> bytes:
-    parts = [_U16.pack(len(names))]
-    for name in names:
-        raw = name.encode()
-        parts.append(_U16.pack(len(raw)) + raw)
-    return b"".join(parts)
-
-
-def _unpack_names(body: memoryview, offset: int) -> tuple[tuple[str, ...], int]:
-    (count,) = _U16.unpack_from(body, offset)
-    offset += 2
-    names = []
-    for _ in range(count):
-        (size,) = _U16.unpack_from(body, offset)
-        offset += 2
-        if offset + size > len(body):
-            raise struct.error("name runs past the record")
-        names.append(bytes(body[offset : offset + size]).decode())
-        offset += size
-    return tuple(names), offset
-
-
-def _pack_conf_state(cs: ConfState) -> bytes:
-    return _pack_names(cs.voters) + _pack_names(cs.learners)
-
-
-def _unpack_conf_state(body: memoryview, offset: int) -> tuple[ConfState, int]:
-    voters, offset = _unpack_names(body, offset)
-    learners, offset = _unpack_names(body, offset)
-    return ConfState(voters=voters, learners=learners), offset
-
-
-def _parse_record(
-    group_id: int, what: str, record: bytes, parse: Callable[[memoryview], tuple[_T, int]]
-) -> _T:
-    body = _unseal(group_id, what, record)
-    try:
-        value, end = parse(body)
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise CorruptLogError(group_id, 0, f"malformed {what} record: {exc}") from exc
-    if end != len(body):
-        raise CorruptLogError(group_id, 0, f"trailing bytes in {what} record")
-    return value
-
-
-def encode_hard_state(hs: HardState) -> bytes:
-    vote = b"" if hs.vote is None else hs.vote.encode()
-    return _seal(_HARD_STATE.pack(hs.term, hs.commit) + _U16.pack(len(vote)) + vote)
-
-
-def _parse_hard_state(body: memoryview) -> tuple[HardState, int]:
-    term, commit = _HARD_STATE.unpack_from(body)
-    (size,) = _U16.unpack_from(body, _HARD_STATE.size)
-    start = _HARD_STATE.size + 2
-    if start + size > len(body):
-        raise struct.error("vote runs past the record")
-    vote = bytes(body[start : start + size]).decode() if size else None
-    return HardState(term=term, vote=vote, commit=commit), start + size
-
-
-def encode_conf_state(cs: ConfState) -> bytes:
-    return _seal(_pack_conf_state(cs))
-
-
-def _parse_conf_state(body: memoryview) -> tuple[ConfState, int]:
-    return _unpack_conf_state(body, 0)
-
-
-def encode_snapshot_meta(meta: SnapshotMeta) -> bytes:
-    return _seal(_SNAPSHOT_HEAD.pack(meta.index, meta.term) + _pack_conf_state(meta.conf_state))
-
-
-def _parse_snapshot_meta(body: memoryview) -> tuple[SnapshotMeta, int]:
-    index, term = _SNAPSHOT_HEAD.unpack_from(body)
-    conf_state, end = _unpack_conf_state(body, _SNAPSHOT_HEAD.size)
-    return SnapshotMeta(index=index, term=term, conf_state=conf_state), end
 
 
 # --- the storage -------------------------------------------------------------------
@@ -251,9 +128,14 @@ class LevelDBStorage:
         crash); an absent group yields an empty log. Checks that the log starts
         right after the snapshot and that its newest entries verify."""
         prefix = group_prefix(group_id)
-        hs = _load(kv, prefix + b"h", group_id, "hard state", _parse_hard_state, HardState())
-        cs = _load(kv, prefix + b"c", group_id, "conf state", _parse_conf_state, ConfState())
-        snap = _load(kv, prefix + b"s", group_id, "snapshot", _parse_snapshot_meta, SnapshotMeta())
+        raw_hs, raw_cs, raw_snap = (
+            kv.get(prefix + b"h"),
+            kv.get(prefix + b"c"),
+            kv.get(prefix + b"s"),
+        )
+        hs = decode_hard_state(group_id, raw_hs) if raw_hs else HardState()
+        cs = decode_conf_state(group_id, raw_cs) if raw_cs else ConfState()
+        snap = decode_snapshot_meta(group_id, raw_snap) if raw_snap else SnapshotMeta()
         first = snap.index + 1
         last = snap.index
         for key, _ in kv.iterate(_entry_key(prefix, first), _entry_key(prefix, _MAX_INDEX)):
@@ -364,7 +246,7 @@ class LevelDBStorage:
         key_prefix, put, pack_index = self._prefix + b"e", batch.put, _U64.pack
         for entry in entries:  # hot path: one key and one record per entry, nothing else
             index_bytes = pack_index(entry.index)
-            put(key_prefix + index_bytes, _encode_entry_at(index_bytes, entry))
+            put(key_prefix + index_bytes, encode_entry_at(index_bytes, entry))
         for stale in range(hi + 1, view.last_index + 1):
             batch.delete(_entry_key(self._prefix, stale))
         self._staged = replace(view, last_index=hi)
@@ -555,18 +437,6 @@ class CacheBudget:
     def forget(self, storage: LevelDBStorage) -> None:
         _, size = self._sizes.pop(storage.group_id, (storage, 0))
         self._total -= size
-
-
-def _load(
-    kv: KVView,
-    key: bytes,
-    group_id: int,
-    what: str,
-    parse: Callable[[memoryview], tuple[_T, int]],
-    default: _T,
-) -> _T:
-    record = kv.get(key)
-    return default if record is None else _parse_record(group_id, what, record, parse)
 
 
 def _data_bytes(entries: list[Entry]) -> int:
