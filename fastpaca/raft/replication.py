@@ -95,7 +95,7 @@ class ReplicationMixin(NodeState):
 
     def _handle_snapshot(self, msg: Message) -> None:
         meta = msg.snapshot
-        if meta is None or not self._snapshot_lists_us(meta):
+        if meta is None:
             self._dropped += 1
             return
         if self._restore(meta):
@@ -103,12 +103,10 @@ class ReplicationMixin(NodeState):
         else:
             self._send(MessageType.APPEND_RESP, msg.sender, index=self._log.committed)
 
-    def _snapshot_lists_us(self, meta: SnapshotMeta) -> bool:
-        conf = meta.conf_state
-        return self._id in conf.voters or self._id in conf.learners
-
     def _restore(self, meta: SnapshotMeta) -> bool:
-        """Install ``meta`` unless our log already covers it."""
+        """Install ``meta`` unless our log already covers it. A snapshot
+        whose membership does not list us is installed too: it may predate
+        our joining, which the entries after it will replay."""
         if meta.index <= self._log.committed:
             return False
         if self._log.match_term(meta.index, meta.term):

@@ -6,8 +6,18 @@ import random
 from dataclasses import replace
 
 from fastpaca.raft.core import RaftConfig, RaftNode
-from fastpaca.raft.messages import ConfState, Entry, HardState, Message, MessageType, SnapshotMeta
+from fastpaca.raft.messages import (
+    ConfChange,
+    ConfChangeOp,
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    SnapshotMeta,
+)
 from fastpaca.raft.progress import ProgressState
+from fastpaca.raft.ready import Role
 from fastpaca.raft.storage import MemoryStorage
 from tests.raft.harness import GROUP_ID, Network
 
@@ -153,11 +163,35 @@ def test_follower_with_conflicting_log_resets_to_snapshot() -> None:
     assert rd.messages[-1].index == 3 and not rd.messages[-1].reject
 
 
-def test_snapshot_not_naming_us_is_dropped() -> None:
+def test_snapshot_predating_our_membership_is_installed() -> None:
+    """The snapshot may be older than the change that added us; the entries
+    after it replay that change."""
     node = follower_with_log([1], commit=1)
     meta = SnapshotMeta(index=5, term=1, conf_state=ConfState(voters=("a", "z")))
     node.step(snapshot_message(node, meta, term=1))
-    assert node.dropped_messages == 1 and node.last_index == 1
+    assert node.ready().snapshot == meta
+    assert node.conf_state == ConfState(voters=("a", "z"))
+    for _ in range(50):
+        node.tick()
+    assert node.role is Role.FOLLOWER, "not a voter in the installed membership"
+
+
+def test_learner_added_after_compaction_catches_up_from_an_older_snapshot() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    for i in range(5):
+        net["a"].propose(b"w%d" % i)
+    net.stabilize()
+    net.compact("a", net["a"].applied_index)  # membership {a, b, c} in the snapshot
+    net.add_node("d")  # joins knowing nothing, as a fresh replica does
+    net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="d"))
+    net.stabilize()
+    net.tick(3)
+    net["a"].propose(b"after")
+    net.stabilize()
+    assert net.replicas["d"].storage.snapshot_meta().conf_state == ConfState(voters=("a", "b", "c"))
+    assert net.applied_data("d") == net.applied_data("a")
+    assert net["d"].conf_state == ConfState(voters=("a", "b", "c"), learners=("d",))
 
 
 def test_restart_from_snapshot_resumes_after_it() -> None:
