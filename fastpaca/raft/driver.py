@@ -7,9 +7,10 @@ thread so the loop keeps accepting proposals meanwhile: that is the group
 commit) → send one frame per peer → ``finish`` → resolve futures.
 
 Every call into the host happens on the loop task, between iterations: the
-public methods only enqueue work and wake the loop. Futures never hang: an
-error in the loop fails every pending one with ``Unavailable``, and ``stop``
-does the same. This module does no Raft logic and no encoding.
+public methods only enqueue work and wake the loop. The futures owed to
+callers live in ``waiters.py``; they never hang: an error in the loop fails
+every pending one with ``Unavailable``, and ``stop`` does the same. This
+module does no Raft logic and no encoding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastpaca.errors import (
-    LeadershipLost,
     NotLeader,
     Overloaded,
     ProposalDropped,
@@ -39,13 +39,11 @@ from fastpaca.raft.ready import Role
 from fastpaca.raft.statemachine import StateMachine
 from fastpaca.raft.stats import RaftStats
 from fastpaca.raft.transport import Channel, Transport
+from fastpaca.raft.waiters import Waiters
 
 __all__ = ["DriverConfig", "RaftDriver"]
 
 _log = logging.getLogger(__name__)
-
-_Pending = tuple[int, float, "asyncio.Future[Any]"]
-"""(term, loop time at propose, future) of a proposal, keyed by its index."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,11 +93,7 @@ class RaftDriver:
         self._ops: list[Callable[[], None]] = []
         self._inbox: list[tuple[str, Frame]] = []
         self._wake = asyncio.Event()
-        self._pending: dict[int, dict[int, _Pending]] = {}
-        self._pending_count = 0
-        self._reads: dict[bytes, tuple[int, asyncio.Future[None]]] = {}
-        self._read_waits: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
-        self._leader_waits: dict[int, list[tuple[str, asyncio.Future[None]]]] = {}
+        self._waiters = Waiters(self.stats)
         self._read_seq = 0
         self._terms: dict[int, int] = {}
         self._led: set[int] = set()
@@ -134,7 +128,7 @@ class RaftDriver:
             pass  # already logged by the loop; its futures are failed below
         finally:
             self._runner = None
-            self._fail_everything(Unavailable(f"raft on {self._node_id} is stopping"))
+            self._waiters.fail_all(Unavailable(f"raft on {self._node_id} is stopping"))
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
 
@@ -146,7 +140,7 @@ class RaftDriver:
     def remove_group(self, group_id: int) -> None:
         def remove() -> None:
             self._host.remove_group(group_id)
-            self._fail_group(group_id, Unavailable(f"group {group_id} left this node"))
+            self._waiters.fail_group(group_id, Unavailable(f"group {group_id} left this node"))
 
         self._submit(remove)
 
@@ -195,7 +189,7 @@ class RaftDriver:
             except (NotLeader, ProposalDropped) as exc:
                 future.set_exception(exc)
                 return
-            self._reads[context] = (group_id, future)
+            self._waiters.add_read(group_id, context, future)
 
         self._submit(start_read)
         self.stats.reads += 1
@@ -205,7 +199,7 @@ class RaftDriver:
         except TimeoutError:
             raise ProposalTimeout(f"group {group_id}: read barrier timed out") from None
         finally:
-            self._reads.pop(context, None)
+            self._waiters.discard_read(context)
 
     async def transfer_leadership(self, group_id: int, to: str, *, timeout_s: float) -> None:
         self._check_running()
@@ -217,7 +211,7 @@ class RaftDriver:
             except (NotLeader, ProposalDropped) as exc:
                 future.set_exception(exc)
                 return
-            self._leader_waits.setdefault(group_id, []).append((to, future))
+            self._waiters.add_leader_wait(group_id, to, future)
 
         self._submit(start_transfer)
         try:
@@ -233,9 +227,10 @@ class RaftDriver:
         if not self._host.is_leader(group_id):
             self.stats.proposals_rejected += 1
             raise NotLeader(group_id, self._host.leader_of(group_id))
-        if self._pending_count >= self._config.max_pending_proposals:
+        pending = self._waiters.proposal_count
+        if pending >= self._config.max_pending_proposals:
             self.stats.proposals_rejected += 1
-            raise Overloaded(f"{self._pending_count} proposals pending on {self._node_id}")
+            raise Overloaded(f"{pending} proposals pending on {self._node_id}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         started = loop.time()
@@ -249,8 +244,7 @@ class RaftDriver:
                 self.stats.proposals_rejected += 1
                 future.set_exception(exc)
                 return
-            self._pending.setdefault(group_id, {})[index] = (term, started, future)
-            self._pending_count += 1
+            self._waiters.add_proposal(group_id, index, term, started, future)
 
         self._submit(start_proposal)
         self.stats.proposals += 1
@@ -284,7 +278,7 @@ class RaftDriver:
                 now = loop.time()
                 if now >= next_tick:
                     self._host.tick()
-                    self._refresh_slow_stats()
+                    self._on_tick()
                     # Ticks are counted, not replayed: after a stall, one tick.
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
                 self._drain()
@@ -297,7 +291,7 @@ class RaftDriver:
             self._failure = exc
             if not isinstance(exc, asyncio.CancelledError):
                 _log.exception("raft loop on %s failed; node unavailable", self._node_id)
-            self._fail_everything(Unavailable(f"raft on {self._node_id} failed: {exc!r}"))
+            self._waiters.fail_all(Unavailable(f"raft on {self._node_id} failed: {exc!r}"))
             raise
 
     def _drain(self) -> None:
@@ -339,72 +333,21 @@ class RaftDriver:
 
     def _resolve(self, result: IterationResult) -> None:
         now = asyncio.get_running_loop().time()
+        host, waiters = self._host, self._waiters
         for batch in result.applied:
-            pending = self._pending.get(batch.group_id)
-            if pending:
-                self._resolve_applied(batch.group_id, pending, batch.entries, batch.results, now)
-            self._release_reads(batch.group_id)
+            group_id = batch.group_id
+            waiters.on_applied(
+                group_id,
+                batch.entries,
+                batch.results,
+                now=now,
+                applied_index=batch.entries[-1].index,
+                leader_hint=host.leader_of(group_id),
+            )
         for group_id, read_state in result.read_states:
-            read = self._reads.pop(read_state.context, None)
-            if read is not None and not read[1].done():
-                self._read_waits.setdefault(group_id, []).append((read_state.index, read[1]))
-                self._release_reads(group_id)
+            waiters.on_read_state(group_id, read_state, host.core(group_id).applied_index)
         for group_id, soft in result.soft_states:
             self._on_soft_state(group_id, soft.role, soft.leader_id)
-
-    def _refresh_slow_stats(self) -> None:
-        """Stats that cost a pass over every group: refreshed once per tick."""
-        host_stats = self._host.stats
-        self.stats.messages_dropped = (
-            self._host.dropped_by_cores
-            + host_stats.dropped_unknown_group
-            + host_stats.dropped_misaddressed
-        )
-        self.stats.snapshots_sent = host_stats.snapshots_sent
-        self.stats.snapshots_installed = host_stats.snapshots_installed
-        self.stats.groups_hosted = len(self._host.group_ids())
-        self._led.intersection_update(self._host.group_ids())  # removed groups
-        self.stats.leaders_held = len(self._led)
-
-    def _resolve_applied(
-        self,
-        group_id: int,
-        pending: dict[int, _Pending],
-        entries: Sequence[Any],
-        results: list[Any],
-        now: float,
-    ) -> None:
-        observe = self.stats.commit_latency.observe
-        for entry, value in zip(entries, results, strict=True):
-            waiting = pending.pop(entry.index, None)
-            if waiting is None:
-                continue
-            self._pending_count -= 1
-            term, started, future = waiting
-            if future.done():
-                continue  # timed out or cancelled: nobody to tell
-            if term == entry.term:
-                future.set_result(value)
-                observe(now - started)
-                self.stats.proposals_applied += 1
-            else:  # another leader's entry took this index: ours is gone
-                self.stats.proposals_failed += 1
-                future.set_exception(LeadershipLost(group_id, self._host.leader_of(group_id)))
-
-    def _release_reads(self, group_id: int) -> None:
-        waits = self._read_waits.get(group_id)
-        if not waits or not self._host.has_group(group_id):
-            return
-        applied = self._host.core(group_id).applied_index
-        still = []
-        for index, future in waits:
-            if future.done():
-                continue
-            if index <= applied:
-                future.set_result(None)
-            else:
-                still.append((index, future))
-        self._read_waits[group_id] = still
 
     def _on_soft_state(self, group_id: int, role: Role, leader_id: str | None) -> None:
         self.stats.leader_changes += 1
@@ -417,44 +360,26 @@ class RaftDriver:
         else:
             self._led.discard(group_id)
         self.stats.leaders_held = len(self._led)
-        if role is not Role.LEADER:
-            self._fail_group(group_id, LeadershipLost(group_id, leader_id))
-        for to, future in self._leader_waits.pop(group_id, []):
-            if future.done():
-                continue
-            if leader_id == to:
-                future.set_result(None)
-            else:
-                self._leader_waits.setdefault(group_id, []).append((to, future))
+        self._waiters.on_leader_change(group_id, role is Role.LEADER, leader_id)
 
-    def _fail_group(self, group_id: int, error: Exception) -> None:
-        """Fail the group's pending proposals and reads (leadership lost)."""
-        pending = self._pending.pop(group_id, {})
-        self._pending_count -= len(pending)
-        for _, _, future in pending.values():
-            if not future.done():
-                self.stats.proposals_failed += 1
-                future.set_exception(error)
-        for context, (read_group, future) in list(self._reads.items()):
-            if read_group == group_id:
-                del self._reads[context]
-                if not future.done():
-                    future.set_exception(error)
-
-    def _fail_everything(self, error: Exception) -> None:
-        for group_id in list(self._pending):
-            self._fail_group(group_id, error)
-        for _, future in self._reads.values():
-            if not future.done():
-                future.set_exception(error)
-        self._reads.clear()
-        waiting = [f for waits in self._read_waits.values() for _, f in waits]
-        waiting += [f for waits in self._leader_waits.values() for _, f in waits]
-        for future in waiting:
-            if not future.done():
-                future.set_exception(error)
-        self._read_waits.clear()
-        self._leader_waits.clear()
+    def _on_tick(self) -> None:
+        """Once per tick: stats that cost a pass over every group, and reads
+        whose index a snapshot install (not an apply) reached."""
+        host_stats = self._host.stats
+        self.stats.messages_dropped = (
+            self._host.dropped_by_cores
+            + host_stats.dropped_unknown_group
+            + host_stats.dropped_misaddressed
+        )
+        self.stats.snapshots_sent = host_stats.snapshots_sent
+        self.stats.snapshots_installed = host_stats.snapshots_installed
+        self.stats.groups_hosted = len(self._host.group_ids())
+        self._led.intersection_update(self._host.group_ids())  # removed groups
+        self.stats.leaders_held = len(self._led)
+        for group_id in self._waiters.groups_with_reads():
+            if self._host.has_group(group_id):
+                applied = self._host.core(group_id).applied_index
+                self._waiters.release_reads(group_id, applied)
 
     # --- transport callbacks ------------------------------------------------------------
 
