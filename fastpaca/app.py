@@ -14,6 +14,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from fastpaca.store.reads import StoreReader
 from fastpaca.store.runtime import ConversationRuntime, wall_clock_ms
 from fastpaca.web.openapi import openapi_json
 from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
-from fastpaca.web.server import build_web_app
+from fastpaca.web.server import IN_FLIGHT_KEY, build_web_app
 
 __all__ = ["NODE_KEY", "Node", "create_app", "serve"]
 
@@ -43,6 +44,8 @@ _log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 6.0
 """In-flight requests get this long after SIGTERM; with the driver's bounded
 stop the node exits well within DESIGN's 10 s."""
+STRAGGLER_TIMEOUT_S = 1.0
+"""After the drain, what aiohttp still waits for a request begun meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +187,18 @@ def _raft_ctx(
 async def serve(settings: Settings) -> None:
     """Run one node until SIGTERM or SIGINT; then drain and stop. Raises
     ``ConfigError`` for start-up failures the operator must fix."""
-    app = create_app(settings)
+    # Bind before anything else starts, so a taken port fails fast and alone.
+    sock = _bind(settings)
+    try:
+        app = create_app(settings)
+    except BaseException:
+        sock.close()
+        raise
     node = app[NODE_KEY]
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "debug" else None
-    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=DRAIN_TIMEOUT_S)
+    runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=STRAGGLER_TIMEOUT_S)
     await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.bind, settings.port, reuse_address=True)
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"PORT={settings.port}: cannot listen on {settings.bind}:{settings.port} "
-            f"({exc.strerror or exc})"
-        ) from None
+    await web.SockSite(runner, sock).start()
     _log.info(
         "listening",
         extra={"type": "server.listening", "node_id": node.node_id, "bind": settings.bind,
@@ -211,6 +212,40 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     notify("STOPPING=1")
     node.readiness.mark_stopping()
-    _log.info("stopping: draining requests", extra={"type": "server.stopping"})
+    in_flight = app[IN_FLIGHT_KEY]
+    _log.info(
+        "stopping: draining requests",
+        extra={"type": "server.stopping", "in_flight": in_flight.count},
+    )
+    for site in runner.sites:
+        await site.stop()  # no new connections; open ones are still read
+    if not await in_flight.wait_idle(DRAIN_TIMEOUT_S):
+        _log.warning(
+            "drain timed out", extra={"type": "server.drain_timeout", "in_flight": in_flight.count}
+        )
     await runner.cleanup()
     _log.info("stopped", extra={"type": "server.stopped"})
+
+
+def _bind(settings: Settings) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(
+            settings.bind, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(
+            f"FASTPACA_BIND={settings.bind}: not an address to listen on ({exc.strerror or exc})"
+        ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"PORT={settings.port}: cannot listen on {settings.bind}:{settings.port} "
+            f"({exc.strerror or exc})"
+        ) from None
+    sock.set_inheritable(False)
+    return sock

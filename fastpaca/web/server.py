@@ -8,6 +8,7 @@ the optional per-node rate limit. It builds no subsystem: ``app.py`` fills the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from fastpaca.observability.metrics import Metrics
 from fastpaca.web import rest
 from fastpaca.web.errors import error_middleware
 
-__all__ = ["ROUTES", "Route", "build_web_app"]
+__all__ = ["IN_FLIGHT_KEY", "ROUTES", "InFlightRequests", "Route", "build_web_app"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,6 +48,49 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", rest.openapi, is_rate_limited=False),
 )
 _UNLIMITED_PATHS = frozenset(route.path for route in ROUTES if not route.is_rate_limited)
+
+
+class InFlightRequests:
+    """Counts requests being handled, so shutdown can wait for them.
+
+    aiohttp's own graceful shutdown stops reading from connections at once,
+    so a request whose body is still arriving would never finish; ``serve``
+    therefore stops listening, waits here until the count drops to zero, and
+    only then lets aiohttp close connections. While draining, replies carry
+    ``Connection: close`` so clients stop reusing the connection."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.is_draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout_s`` passed first."""
+        self.is_draining = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            response = await handler(request)
+            if self.is_draining:
+                response.force_close()
+            return response
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+
+IN_FLIGHT_KEY = web.AppKey("in_flight", InFlightRequests)
 
 
 def _metrics_middleware(metrics: Metrics) -> Middleware:
@@ -102,11 +146,13 @@ def _rate_limit_middleware(rate_per_s: float) -> Middleware:
 def build_web_app(
     *, metrics: Metrics, max_body_bytes: int, rate_limit_rps: float | None
 ) -> web.Application:
-    middlewares = [_metrics_middleware(metrics), error_middleware]
+    in_flight = InFlightRequests()
+    middlewares = [in_flight.middleware, _metrics_middleware(metrics), error_middleware]
     if rate_limit_rps is not None:
         middlewares.append(_rate_limit_middleware(rate_limit_rps))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app[rest.METRICS_KEY] = metrics
+    app[IN_FLIGHT_KEY] = in_flight
     return app
