@@ -22,11 +22,11 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.raft_load import run_load  # noqa: E402
-from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route  # noqa: E402
-from fastpaca.raft.driver import DriverConfig, RaftDriver  # noqa: E402
-from fastpaca.raft.kv import LevelDBKV  # noqa: E402
-from fastpaca.raft.testing import KVStateMachine  # noqa: E402
+from bench.raft_load import run_load
+from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
+from fastpaca.raft.driver import DriverConfig, RaftDriver
+from fastpaca.raft.kv import LevelDBKV
+from fastpaca.raft.testing import KVStateMachine
 
 SECRET = b"raft-bench-secret"
 
