@@ -227,11 +227,15 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             self._step_role(msg)
 
     def _accepts_sender(self, msg: Message) -> bool:
-        """Non-members may not ask for votes or report to the leader; they may
-        be a leader we have not learned about yet, so their APPENDs pass."""
+        """Messages from non-members are dropped, except a leader's (one we
+        have not learned about yet) and vote requests while our membership
+        may be stale (the candidate may have been added by a change we have
+        not applied; refusing it could leave the group without a quorum)."""
         if not self._tracker.voters or self._tracker.is_member(msg.sender):
             return True
-        return msg.type in FROM_LEADER
+        if msg.type in FROM_LEADER:
+            return True
+        return msg.type in VOTE_REQUESTS and self._has_unapplied_conf_change(through_last=True)
 
     # --- membership, transfer, reports from the IO layer -------------------------------
 

@@ -18,6 +18,9 @@ from fastpaca.raft.storage import CompactedError
 
 __all__ = ["ElectionMixin"]
 
+_SCAN_BYTES = 1 << 20
+"""Read the log in chunks of this much data when looking for conf changes."""
+
 
 class ElectionMixin(NodeState):
     def _tick_election(self) -> None:
@@ -58,14 +61,21 @@ class ElectionMixin(NodeState):
                     context=context,
                 )
 
-    def _has_unapplied_conf_change(self) -> bool:
-        if self._log.committed <= self._log.applied:
-            return False
+    def _has_unapplied_conf_change(self, *, through_last: bool = False) -> bool:
+        """Whether a conf change waits in (applied, commit] (or, with
+        ``through_last``, anywhere after applied). Reads the log: only
+        called when an election starts or a non-member asks for a vote."""
+        hi = (self._log.last_index() if through_last else self._log.committed) + 1
+        lo = self._log.applied + 1
         try:
-            pending = self._log.entries(self._log.applied + 1, self._log.committed + 1)
+            while lo < hi:
+                chunk = self._log.entries(lo, hi, _SCAN_BYTES)
+                if any(entry.type is EntryType.CONF_CHANGE for entry in chunk):
+                    return True
+                lo = chunk[-1].index + 1
         except CompactedError:
             return False
-        return any(entry.type is EntryType.CONF_CHANGE for entry in pending)
+        return False
 
     def _on_election_won(self) -> None:
         if self._role is Role.PRE_CANDIDATE:
@@ -177,7 +187,11 @@ class ElectionMixin(NodeState):
             or (is_pre_vote and msg.term > self._term)
         )
         resp_type = MessageType.PRE_VOTE_RESP if is_pre_vote else MessageType.VOTE_RESP
-        if can_vote and self._is_promotable() and self._log.is_up_to_date(msg.index, msg.log_term):
+        # A learner answers too (as etcd's does): the candidate may know of a
+        # committed change promoting it that it has not applied yet, and the
+        # group can need its vote to elect anyone. A candidate counts only
+        # votes of its own voters, so a learner never counts toward a quorum.
+        if can_vote and self._log.is_up_to_date(msg.index, msg.log_term):
             # The grant carries the request's term so the candidate counts it.
             self._send(resp_type, msg.sender, term=msg.term)
             if not is_pre_vote:

@@ -48,26 +48,37 @@ def test_learner_does_not_count_toward_commit() -> None:
     assert net["a"].commit_index >= index
 
 
-def test_learner_never_votes_and_never_campaigns() -> None:
+def test_learner_never_campaigns_and_its_vote_never_counts() -> None:
     net = with_learner()
     assert net["d"].term == net["a"].term, "the leader probes a new member at once"
-    net.tick(60)
-    assert net["a"].is_leader
+    net.tick(60, nodes=["d"])
     assert net["d"].role is Role.FOLLOWER and net["d"].term == net["a"].term
-    net.tick(20, nodes=["d"])  # long silence: d's leader lease is over
-    net["d"].step(
-        Message(
-            type=MessageType.VOTE,
-            group_id=GROUP_ID,
-            sender="b",
-            to="d",
-            term=net["d"].term + 1,
-            index=100,
-            log_term=100,
-        )
-    )
-    replies = [m for m in net["d"].ready().messages if m.type is MessageType.VOTE_RESP]
-    assert [m.reject for m in replies] == [True]
+    net.isolate("b")
+    net.isolate("c")
+    net.tick(25, nodes=["a", "d"])  # a steps down (check-quorum) and campaigns
+    assert not net.leaders(), "a plus a learner's vote is no quorum"
+    assert net["d"].role is Role.FOLLOWER
+
+
+def test_learner_promoted_behind_its_back_still_answers_votes() -> None:
+    """etcd's case for learners answering vote requests: c is promoted by a
+    change committed on {a, b} that c never received; with a gone, b can win
+    only with c's vote, and c still believes it is a learner."""
+    net = Network(["a", "b"], learners=["c"], pre_vote=False)
+    net.elect("a")
+    net.isolate("c")
+    net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.ADD_VOTER, node_id="c"))
+    net.stabilize()
+    assert net["b"].conf_state.voters == ("a", "b", "c")
+    assert net["c"].conf_state.learners == ("c",)
+    net.tick(20, nodes=["c"])  # c's leader lease runs out
+    net.heal()
+    net.isolate("a")
+    net["b"].campaign()
+    net.stabilize()
+    assert net["b"].is_leader
+    net.tick(2)
+    assert net["c"].conf_state.voters == ("a", "b", "c")
 
 
 def test_promoted_learner_votes_and_counts() -> None:
@@ -146,3 +157,27 @@ def test_conf_change_waits_for_own_term_commit() -> None:
         net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.REMOVE, node_id="c"))
     net.stabilize()
     net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.REMOVE, node_id="c"))
+
+
+def test_newly_added_voter_gets_votes_from_a_member_that_has_not_applied_it() -> None:
+    """b holds the unapplied ADD_VOTER c, so it cannot rule c out as a
+    stranger: it answers c's vote request, and c (with b) can replace a."""
+    net = Network(["a", "b"])
+    net.add_node("c", conf=ConfState(voters=("a", "b")))
+    net.elect("a")
+    index, _ = net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.ADD_VOTER, node_id="c"))
+    net.process_ready("a")
+    net.deliver()  # the entry reaches b and c
+    net.process_all()
+    net.deliver()  # their acks: a commits
+    net.cut.add(("a", "b"))  # b never learns that it committed
+    net.stabilize()
+    assert net["c"].conf_state.voters == ("a", "b", "c")
+    assert net["b"].commit_index < index and net["b"].last_index >= index
+    net.isolate("a")
+    net.tick(25, nodes=["b"])  # b's lease on a runs out (pre-vote keeps its term)
+    dropped = net["b"].dropped_messages
+    net["c"].campaign()
+    net.stabilize()
+    assert net["c"].is_leader, "b must answer c although c is not yet a member for b"
+    assert net["b"].dropped_messages == dropped
