@@ -21,7 +21,7 @@ from fastpaca.cluster.transport_ws import (
     WebSocketTransport,
     add_cluster_route,
 )
-from fastpaca.raft.transport import Channel
+from fastpaca.raft.transport import Channel, FrameHandler
 
 SECRET = b"correct horse battery staple"
 FAST = TransportConfig(
@@ -40,6 +40,12 @@ class Node:
     port: int
     received: list[tuple[str, int, bytes]] = field(default_factory=list)
     peer_events: list[tuple[str, bool]] = field(default_factory=list)
+
+    def recorder(self, channel: int) -> FrameHandler:
+        def record(peer: str, payload: bytes) -> None:
+            self.received.append((peer, channel, payload))
+
+        return record
 
     @property
     def address(self) -> tuple[str, int]:
@@ -63,10 +69,7 @@ async def start_node(
     bound_port = runner.addresses[0][1]
     node = Node(transport=transport, runner=runner, port=bound_port)
     for channel in (Channel.RAFT, Channel.RPC, Channel.PUBSUB):
-        transport.subscribe(
-            channel,
-            lambda peer, payload, channel=channel: node.received.append((peer, channel, payload)),
-        )
+        transport.subscribe(channel, node.recorder(channel))
     transport.on_peer_state(lambda peer, up: node.peer_events.append((peer, up)))
     await transport.start()
     return node
@@ -89,12 +92,18 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> N
             await asyncio.sleep(0.01)
 
 
+NodeFactory = Callable[..., Awaitable[Node]]
+"""``await nodes("a", secret=..., config=..., port=...)`` starts a node, stopped after the test."""
+
+
 @pytest.fixture
-async def nodes() -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+async def nodes() -> AsyncIterator[NodeFactory]:
     started: list[Node] = []
 
-    async def factory(node_id: str, **kwargs: object) -> Node:
-        node = await start_node(node_id, **kwargs)  # type: ignore[arg-type]
+    async def factory(
+        node_id: str, *, secret: bytes = SECRET, config: TransportConfig = FAST, port: int = 0
+    ) -> Node:
+        node = await start_node(node_id, secret=secret, config=config, port=port)
         started.append(node)
         return node
 
@@ -117,7 +126,7 @@ def connected(*nodes: Node) -> Callable[[], bool]:
 # --- delivery ----------------------------------------------------------------------
 
 
-async def test_two_nodes_exchange_frames_on_several_channels_in_order(nodes) -> None:
+async def test_two_nodes_exchange_frames_on_several_channels_in_order(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -138,7 +147,7 @@ async def test_two_nodes_exchange_frames_on_several_channels_in_order(nodes) -> 
     assert b.transport.stats.peer("a").bytes_received == sum(len(p) for _, p in sent)
 
 
-async def test_three_nodes_full_mesh_one_connection_per_pair(nodes) -> None:
+async def test_three_nodes_full_mesh_one_connection_per_pair(nodes: NodeFactory) -> None:
     trio = [await nodes(name) for name in ("n1", "n2", "n3")]
     mesh(*trio)
     await eventually(connected(*trio))
@@ -168,13 +177,13 @@ async def test_three_nodes_full_mesh_one_connection_per_pair(nodes) -> None:
                 assert x_view == y_view
 
 
-async def test_send_to_unconnected_peer_is_dropped_and_counted(nodes) -> None:
+async def test_send_to_unconnected_peer_is_dropped_and_counted(nodes: NodeFactory) -> None:
     a = await nodes("a")
     assert not a.transport.send("ghost", Channel.RAFT, b"x")
     assert a.transport.stats.peer("ghost").drops == 1
 
 
-async def test_queue_bound_drops_and_counts_beyond_it(nodes) -> None:
+async def test_queue_bound_drops_and_counts_beyond_it(nodes: NodeFactory) -> None:
     bounded = TransportConfig(
         handshake_timeout_s=0.5, dial_backoff_initial_s=0.02, send_queue_messages_max=10
     )
@@ -193,7 +202,7 @@ async def test_queue_bound_drops_and_counts_beyond_it(nodes) -> None:
 # --- authentication ----------------------------------------------------------------
 
 
-async def test_wrong_secret_is_rejected_and_counted_on_both_sides(nodes) -> None:
+async def test_wrong_secret_is_rejected_and_counted_on_both_sides(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     intruder = await nodes("c", secret=b"not the secret")
     mesh(a, b, intruder)
@@ -211,7 +220,7 @@ async def test_wrong_secret_is_rejected_and_counted_on_both_sides(nodes) -> None
     await eventually(lambda: b.received == [("a", Channel.RAFT, b"still fine")])
 
 
-async def test_forged_identity_without_secret_cannot_take_over_a_peer(nodes) -> None:
+async def test_forged_identity_without_secret_cannot_take_over_a_peer(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -229,7 +238,7 @@ async def test_forged_identity_without_secret_cannot_take_over_a_peer(nodes) -> 
     await eventually(lambda: b.received == [("a", Channel.RAFT, b"ok")])
 
 
-async def test_replayed_handshake_is_rejected(nodes) -> None:
+async def test_replayed_handshake_is_rejected(nodes: NodeFactory) -> None:
     a = await nodes("a")
     hello = auth.Hello("z", auth.new_nonce())
     async with aiohttp.ClientSession() as session:
@@ -252,7 +261,9 @@ async def test_replayed_handshake_is_rejected(nodes) -> None:
 # --- hostile or broken connections -------------------------------------------------
 
 
-async def test_garbage_bytes_on_the_port_are_closed_and_peers_unaffected(nodes) -> None:
+async def test_garbage_bytes_on_the_port_are_closed_and_peers_unaffected(
+    nodes: NodeFactory,
+) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -266,14 +277,14 @@ async def test_garbage_bytes_on_the_port_are_closed_and_peers_unaffected(nodes) 
     await eventually(lambda: b.received == [("a", Channel.RAFT, b"after garbage")])
 
 
-async def test_plain_http_client_is_refused_and_counted(nodes) -> None:
+async def test_plain_http_client_is_refused_and_counted(nodes: NodeFactory) -> None:
     a = await nodes("a")
     async with aiohttp.ClientSession() as session, session.get(_url(a)) as response:
         assert response.status == 400
     assert a.transport.stats.rejected_requests == 1
 
 
-async def test_garbled_handshake_is_closed_and_counted(nodes) -> None:
+async def test_garbled_handshake_is_closed_and_counted(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -285,7 +296,7 @@ async def test_garbled_handshake_is_closed_and_counted(nodes) -> None:
     assert a.transport.connected_peers() == frozenset({"b"})
 
 
-async def test_stalled_handshake_is_closed_at_the_deadline(nodes) -> None:
+async def test_stalled_handshake_is_closed_at_the_deadline(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -298,7 +309,7 @@ async def test_stalled_handshake_is_closed_at_the_deadline(nodes) -> None:
     await eventually(lambda: b.received == [("a", Channel.RAFT, b"unaffected")])
 
 
-async def test_malformed_frame_after_handshake_closes_only_that_link(nodes) -> None:
+async def test_malformed_frame_after_handshake_closes_only_that_link(nodes: NodeFactory) -> None:
     a = await nodes("a")
     async with aiohttp.ClientSession() as session, session.ws_connect(_url(a)) as ws:
         await _authenticate(ws, client_id="m", server_id="a")
@@ -312,7 +323,9 @@ async def test_malformed_frame_after_handshake_closes_only_that_link(nodes) -> N
     assert ("m", True) in a.peer_events and ("m", False) in a.peer_events
 
 
-async def test_payload_rejected_by_its_handler_closes_the_link_which_comes_back(nodes) -> None:
+async def test_payload_rejected_by_its_handler_closes_the_link_which_comes_back(
+    nodes: NodeFactory,
+) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -335,7 +348,7 @@ async def test_payload_rejected_by_its_handler_closes_the_link_which_comes_back(
 # --- liveness ----------------------------------------------------------------------
 
 
-async def test_restarted_peer_is_reconnected_without_anyone_acting(nodes) -> None:
+async def test_restarted_peer_is_reconnected_without_anyone_acting(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     mesh(a, b)
     await eventually(connected(a, b))
@@ -354,7 +367,7 @@ async def test_restarted_peer_is_reconnected_without_anyone_acting(nodes) -> Non
     await eventually(lambda: ("b", Channel.RAFT, b"hello") in a.received)
 
 
-async def test_removed_peer_is_no_longer_dialed(nodes) -> None:
+async def test_removed_peer_is_no_longer_dialed(nodes: NodeFactory) -> None:
     a, b = await nodes("a"), await nodes("b")
     a.transport.set_peers({"b": b.address})  # only a dials
     await eventually(connected(a, b))
@@ -384,7 +397,9 @@ async def _authenticate(
     auth.decode_accept((await ws.receive()).data)
 
 
-async def test_new_connection_from_a_restarted_peer_replaces_the_stale_one(nodes) -> None:
+async def test_new_connection_from_a_restarted_peer_replaces_the_stale_one(
+    nodes: NodeFactory,
+) -> None:
     window = TransportConfig(
         handshake_timeout_s=0.5, dial_backoff_initial_s=0.02, duplicate_window_s=0.3
     )
