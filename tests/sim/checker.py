@@ -19,13 +19,14 @@ Checked:
 * linearizable reads — a confirmed read index covers every write that was
   acknowledged before the read was asked;
 * durability of acknowledgements — checked at convergence by
-  :meth:`acked_missing`.
+  :meth:`acked_beyond` and the simulator's final state comparison.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from fastpaca.raft.messages import Entry, EntryType
 
@@ -56,12 +57,14 @@ class InvariantChecker:
     data_index: dict[tuple[int, bytes], int] = field(default_factory=dict)
     acked: dict[tuple[int, bytes], int] = field(default_factory=dict)
     """(group, data) → index of every proposal whose proposer was told success."""
+    ack_results: dict[tuple[int, int], object] = field(default_factory=dict)
     max_acked_index: dict[int, int] = field(default_factory=dict)
     read_floor: dict[tuple[int, bytes], int] = field(default_factory=dict)
     """(group, read context) → highest acked index when the read was asked."""
     checks: int = 0
+    snapshots_installed: int = 0
 
-    def _fail(self, rule: str, detail: str) -> None:
+    def _fail(self, rule: str, detail: str) -> NoReturn:
         raise InvariantViolation(f"{rule}: {detail}")
 
     # --- elections ---------------------------------------------------------
@@ -107,6 +110,10 @@ class InvariantChecker:
         """The node (re)started, or restored a snapshot, at ``applied_index``."""
         self.applied_index[(node, group)] = applied_index
 
+    def observe_snapshot_installed(self, node: str, group: int, index: int) -> None:
+        self.snapshots_installed += 1
+        self.reset_applied(node, group, index)
+
     def observe_applied(self, node: str, group: int, entries: Iterable[Entry]) -> None:
         for entry in entries:
             last = self.applied_index.get((node, group), 0)
@@ -125,9 +132,11 @@ class InvariantChecker:
                         f"group {group}: {entry.data!r} applied at {at} and {entry.index}",
                     )
 
-    def observe_ack(self, group: int, data: bytes, index: int) -> None:
-        """The proposer of ``data`` was told its entry at ``index`` was applied."""
+    def observe_ack(self, group: int, data: bytes, index: int, result: object = None) -> None:
+        """The proposer of ``data`` was told its entry at ``index`` was applied,
+        with the state machine's ``result``."""
         self.checks += 1
+        self.ack_results[(group, index)] = result
         committed = self.committed.get((group, index))
         if committed is None or committed.data != data:
             self._fail(
@@ -154,20 +163,19 @@ class InvariantChecker:
 
     # --- convergence -------------------------------------------------------
 
-    def committed_data(self, group: int, upto: int) -> list[tuple[int, bytes]]:
-        """The group's committed normal entries with data, in index order."""
-        out = []
+    def committed_log(self, group: int, upto: int) -> list[Entry]:
+        """The group's committed entries ``1..upto`` as the checker saw them."""
+        log = []
         for index in range(1, upto + 1):
             entry = self.committed.get((group, index))
-            if entry is not None and entry.type is EntryType.NORMAL and entry.data:
-                out.append((index, entry.data))
-        return out
+            if entry is None:
+                self._fail("observation gap", f"group {group}: index {index} committed unseen")
+            log.append(Entry(index=index, term=entry.term, type=entry.type, data=entry.data))
+        return log
 
-    def acked_missing(self, group: int, applied: dict[int, bytes]) -> list[bytes]:
-        """Acknowledged proposals of ``group`` absent from a replica whose
-        applied state maps index → data."""
+    def acked_beyond(self, group: int, applied_index: int) -> list[bytes]:
+        """Acknowledged proposals of ``group`` above ``applied_index``: a
+        converged replica at that index has lost them."""
         return sorted(
-            data
-            for (g, data), index in self.acked.items()
-            if g == group and applied.get(index) != data
+            data for (g, data), index in self.acked.items() if g == group and index > applied_index
         )

@@ -5,7 +5,8 @@ Owns durability. The durable store is a real ``MemoryKV`` or a real
 overlay (visible to reads, as the page cache would make them) until the next
 synced write, and a crash throws the overlay away. Injected faults: a write
 may fail (the node must then crash), and — only to prove the checker works —
-``lie_about_sync`` acks synced writes without making them durable. It must not
+``lie_about_sync`` is the chance that a synced write is acknowledged but left
+in the volatile overlay, as a disk with a lying write cache would. It must not
 know what the keys mean.
 """
 
@@ -34,7 +35,7 @@ class SimDisk:
         directory: str,
         rng: random.Random,
         write_fault_rate: float,
-        lie_about_sync: bool = False,
+        lie_about_sync: float = 0.0,
     ) -> None:
         self._storage = storage
         self._path = os.path.join(directory, "kv")
@@ -82,7 +83,8 @@ class SimDisk:
                 self._overlay.delete(key)
             else:
                 self._overlay.put(key, value)
-        if sync and not self.lie_about_sync:
+        lying = self.lie_about_sync > 0 and self._rng.random() < self.lie_about_sync
+        if sync and not lying:
             self._durable.write(self._overlay, sync=True)
             self._overlay = WriteBatch(self._durable)
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from fastpaca.errors import NotLeader
-from fastpaca.raft.codec import decode_conf_change
+from fastpaca.raft.codec import decode_conf_change, encode_conf_change
 from fastpaca.raft.core import RaftConfig, RaftNode
 from fastpaca.raft.messages import (
     ConfChange,
+    ConfChangeOp,
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
 )
@@ -117,10 +119,28 @@ class CoreProcess:
     def groups(self) -> list[int]:
         return sorted(self._cores)
 
-    def ensure_group(self, group: int, conf_state: ConfState) -> None:
+    def ensure_group(self, group: int, voters: tuple[str, ...]) -> None:
         if group in self._disk.groups:
             return
-        self._disk.groups[group] = GroupDisk(MemoryStorage(conf_state=conf_state))
+        storage = MemoryStorage()
+        if voters:
+            # Bootstrap as NodeHost does: ADD_VOTER entries at term 1,
+            # identical on every initial member, so joiners replay them.
+            ordered = sorted(voters)
+            bootstrap = [
+                Entry(
+                    index=position,
+                    term=1,
+                    type=EntryType.CONF_CHANGE,
+                    data=encode_conf_change(ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=node)),
+                )
+                for position, node in enumerate(ordered, start=1)
+            ]
+            storage.append(bootstrap)
+            storage.set_hard_state(HardState(term=1, commit=len(bootstrap)))
+            storage.set_conf_state(ConfState(voters=tuple(ordered)))
+            self._sim.checker.observe_persisted(self.node_id, group, bootstrap, 0)
+        self._disk.groups[group] = GroupDisk(storage)
         self._start_core(group)
 
     def _core(self, group: int) -> RaftNode:
@@ -193,7 +213,7 @@ class CoreProcess:
             gd.items = list(items)
             gd.applied_index = rd.snapshot.index
             gd.snapshots = {rd.snapshot.index: items}
-            checker.reset_applied(self.node_id, group, rd.snapshot.index)
+            checker.observe_snapshot_installed(self.node_id, group, rd.snapshot.index)
         if rd.entries:
             storage.append(list(rd.entries))
             kept = [e for e in rd.entries if e.index >= storage.first_index()]
@@ -280,9 +300,6 @@ class CoreProcess:
     def applied_state(self, group: int) -> object:
         return tuple(self._disk.groups[group].items)
 
-    def applied_data(self, group: int) -> dict[int, bytes] | None:
-        return dict(self._disk.groups[group].items)
-
     def close(self) -> None:
         pass
 
@@ -310,6 +327,10 @@ class CoreLevel:
 
     def disable_faults(self) -> None:
         pass
+
+    def reference_state(self, group: int, log: list[Entry]) -> tuple[object, dict[int, object]]:
+        items = tuple((e.index, e.data) for e in log if e.type is EntryType.NORMAL and e.data)
+        return items, {}
 
     def close(self) -> None:
         pass

@@ -68,8 +68,9 @@ class NodeProcess(Protocol):
 
     def view(self, group: int) -> GroupView | None: ...
 
-    def ensure_group(self, group: int, conf_state: ConfState) -> None:
-        """Host ``group`` (empty, waiting for its leader) if not yet hosted."""
+    def ensure_group(self, group: int, voters: tuple[str, ...]) -> None:
+        """Host ``group`` if not yet hosted: bootstrapped with ``voters``, or
+        empty and waiting for its leader when ``voters`` is empty (a joiner)."""
         ...
 
     def propose(self, group: int, data: bytes) -> None:
@@ -88,12 +89,8 @@ class NodeProcess(Protocol):
         ...
 
     def applied_state(self, group: int) -> object:
-        """A comparable digest of the group's applied state machine state."""
-        ...
-
-    def applied_data(self, group: int) -> dict[int, bytes] | None:
-        """index → data of the normal entries reflected in the state, when
-        the level's state machine can tell (None otherwise)."""
+        """The group's applied state machine state, comparable with ``==``
+        to ``Level.reference_state`` of the committed log."""
         ...
 
     def close(self) -> None:

@@ -153,7 +153,7 @@ def test_lying_disk_loses_acknowledged_writes(storage: str, tmp_path: Path) -> N
         directory=str(tmp_path),
         rng=random.Random(0),
         write_fault_rate=0,
-        lie_about_sync=True,
+        lie_about_sync=1.0,
     )
     disk.write(_batch(disk, a="1"), sync=True)
     disk.crash()
@@ -220,5 +220,8 @@ def test_checker_catches_false_acks_lost_acks_and_stale_reads() -> None:
     checker.observe_read_served("n1", 0, b"r0", 0)
     with pytest.raises(InvariantViolation, match="linearizable read"):
         checker.observe_read_served("n1", 0, b"r1", 0)
-    assert checker.acked_missing(0, {1: b"a"}) == []
-    assert checker.acked_missing(0, {}) == [b"a"]
+    assert checker.acked_beyond(0, 1) == []
+    assert checker.acked_beyond(0, 0) == [b"a"]
+    assert [e.data for e in checker.committed_log(0, 1)] == [b"a"]
+    with pytest.raises(InvariantViolation, match="observation gap"):
+        checker.committed_log(0, 2)

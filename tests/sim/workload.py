@@ -28,6 +28,7 @@ class Workload:
         self._params = sim.params
         self._proposals = 0
         self._reads = 0
+        self.transfers = 0
 
     def start(self) -> None:
         p = self._params
@@ -132,6 +133,7 @@ class Workload:
             process.transfer_leadership(group, target)
         except RaftError:
             return
+        self.transfers += 1
         self._sim.wake(node_id)
 
     def _compact(self) -> None:
@@ -155,11 +157,9 @@ class Workload:
         if change is None:
             return
         if change.op is ConfChangeOp.ADD_LEARNER:
-            new_member = self._sim.process(change.node_id)
-            if new_member is None:
+            if self._sim.process(change.node_id) is None:
                 return  # its machine is down: an operator would wait
-            new_member.ensure_group(group, view.conf_state)
-            self._sim.wake(change.node_id)
+            self._sim.ensure_group(change.node_id, group, ())
         self._sim.note(
             f"conf change group {group} via {node_id}: {change.op.name} {change.node_id}"
         )

@@ -1,0 +1,250 @@
+"""Level 2: real ``NodeHost``s over each node's simulated disk.
+
+Owns the node software of a level-2 run: per node a ``NodeHost`` with the real
+``LevelDBStorage``, wire codec, chunked snapshot transfer, compaction and the
+test ``KVStateMachine``, all over ``SimDisk`` (``MemoryKV`` or a real
+``LevelDBKV``). The loop is the production driver's, made synchronous:
+``prepare`` → write → send frames → ``finish``. A crash drops the host; a
+restart builds a new one from the disk alone (``open_groups``). It reports
+what was written, acknowledged and read to the checker and checks nothing
+itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING
+
+from fastpaca.raft.core import RaftConfig
+from fastpaca.raft.host import HostConfig, Iteration, IterationResult, NodeHost
+from fastpaca.raft.kv import MemoryKV, WriteBatch
+from fastpaca.raft.messages import ConfChange, Entry
+from fastpaca.raft.storage import CompactedError
+from fastpaca.raft.testing import KVStateMachine, put_command
+
+from .disk import DiskFault, SimDisk
+from .process import CrashPoint, GroupView, ProcessCrashed, Send
+
+if TYPE_CHECKING:
+    from .simulator import NodeSlot, Simulator
+
+__all__ = ["HostLevel", "HostProcess", "proposal_command"]
+
+KEYS_PER_GROUP = 5
+"""Few keys, so puts overwrite each other and results (previous values) matter."""
+
+
+def proposal_command(data: bytes) -> bytes:
+    """The workload's unique proposal data as a put of the test state machine."""
+    key = b"k%d" % (sum(data) % KEYS_PER_GROUP)
+    return put_command(key, data)
+
+
+class HostProcess:
+    def __init__(self, node_id: str, disk: SimDisk, sim: Simulator, level: HostLevel) -> None:
+        self.node_id = node_id
+        self._disk = disk
+        self._sim = sim
+        self._sm = KVStateMachine(disk)
+        template = RaftConfig(
+            node_id=node_id,
+            group_id=0,
+            election_timeout_ticks=10,
+            heartbeat_interval_ticks=1,
+            max_msg_bytes=level.max_msg_bytes,
+            max_inflight_msgs=level.max_inflight_msgs,
+        )
+        rng = random.Random(sim.rng.getrandbits(64))
+        self._host = NodeHost(node_id, disk, self._sm, template, rng, level.host_config)
+        self._pending: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self._observed_commit: dict[int, int] = {}
+        for group in self._host.open_groups():
+            sim.checker.reset_applied(node_id, group, self._sm.applied_index(group))
+
+    # --- inputs --------------------------------------------------------------
+
+    def tick(self) -> None:
+        self._host.tick()
+
+    def receive(self, sender: str, payload: object) -> None:
+        assert isinstance(payload, bytes)
+        self._host.receive(sender, payload)
+
+    def groups(self) -> list[int]:
+        return self._host.group_ids()
+
+    def ensure_group(self, group: int, voters: tuple[str, ...]) -> None:
+        self._host.ensure_group(group, voters)
+
+    def propose(self, group: int, data: bytes) -> None:
+        command = proposal_command(data)
+        index, term = self._host.propose(group, command)
+        self._pending[(group, index)] = (term, command)
+
+    def propose_conf_change(self, group: int, change: ConfChange) -> None:
+        self._host.propose_conf_change(group, change)
+
+    def transfer_leadership(self, group: int, target: str) -> None:
+        self._host.transfer_leadership(group, target)
+
+    def read_index(self, group: int, context: bytes) -> None:
+        self._host.read_index(group, context)
+
+    def compact(self, group: int) -> None:
+        pass  # NodeHost compacts by itself (HostConfig thresholds)
+
+    # --- the driver iteration ----------------------------------------------------
+
+    def iterate(self, send: Send, crash_at: str | None) -> bool:
+        host = self._host
+        if not host.has_work():
+            return False
+        iteration = host.prepare()
+        writes = bool(iteration.batch)
+        applies = any(p.applied is not None for p in iteration.readies)
+        if crash_at == CrashPoint.BEFORE_WRITE and writes:
+            raise ProcessCrashed
+        try:
+            iteration.write()
+        except DiskFault:
+            host.abort(iteration)
+            raise
+        self._observe_written(iteration)
+        if crash_at == CrashPoint.AFTER_WRITE and writes:
+            raise ProcessCrashed
+        for peer, frame in sorted(iteration.frames().items()):
+            send(peer, frame)
+        if crash_at == CrashPoint.AFTER_SEND and applies:
+            raise ProcessCrashed
+        self._observe_result(host.finish(iteration))
+        for group in host.group_ids():
+            if host.is_leader(group):
+                self._sim.checker.observe_leader(self.node_id, group, host.core(group).term)
+        return host.has_work()
+
+    def _observe_written(self, iteration: Iteration) -> None:
+        """What just became durable: installed snapshots, log entries,
+        commit indexes and applied entries, group by group in write order."""
+        checker = self._sim.checker
+        for processed in iteration.readies:
+            group, rd = processed.group_id, processed.ready
+            core = self._host.core(group)
+            if rd.snapshot is not None:
+                checker.observe_snapshot_installed(self.node_id, group, rd.snapshot.index)
+            if rd.entries:
+                first = rd.entries[0].index
+                prev_term = core.log_term(first - 1)
+                if prev_term or first == 1:
+                    checker.observe_persisted(self.node_id, group, rd.entries, prev_term)
+                else:  # predecessor compacted away: check from the second entry on
+                    checker.observe_persisted(
+                        self.node_id, group, rd.entries[1:], rd.entries[0].term
+                    )
+            if rd.hard_state is not None:
+                self._observe_commit(group, rd.hard_state.commit)
+            if processed.applied is not None:
+                checker.observe_applied(self.node_id, group, processed.applied.entries)
+
+    def _observe_commit(self, group: int, commit: int) -> None:
+        core = self._host.core(group)
+        lo = max(core.first_index, self._observed_commit.get(group, 0) + 1)
+        self._observed_commit[group] = commit
+        try:
+            entries = core.log_entries(lo, commit + 1)
+        except CompactedError:
+            return
+        for entry in entries:
+            self._sim.checker.observe_committed(self.node_id, group, entry)
+
+    def _observe_result(self, result: IterationResult) -> None:
+        checker = self._sim.checker
+        for batch in result.applied:
+            for entry, outcome in zip(batch.entries, batch.results, strict=True):
+                proposed = self._pending.pop((batch.group_id, entry.index), None)
+                if proposed is not None and proposed == (entry.term, entry.data):
+                    checker.observe_ack(batch.group_id, entry.data, entry.index, outcome)
+        for group, read in result.read_states:
+            checker.observe_read_served(self.node_id, group, read.context, read.index)
+
+    # --- views -----------------------------------------------------------------------
+
+    def view(self, group: int) -> GroupView | None:
+        if not self._host.has_group(group):
+            return None
+        core = self._host.core(group)
+        return GroupView(
+            is_leader=core.is_leader,
+            leader_id=core.leader_id,
+            term=core.term,
+            commit_index=core.commit_index,
+            applied_index=self._sm.applied_index(group),
+            last_index=core.last_index,
+            conf_state=core.conf_state,
+        )
+
+    def applied_state(self, group: int) -> object:
+        return self._sm.items(group)
+
+    def close(self) -> None:
+        pass
+
+
+class HostLevel:
+    """Level factory: a ``SimDisk`` per node, a ``NodeHost`` per life."""
+
+    name = "host"
+
+    def __init__(self, sim: Simulator, directory: str, *, lie_about_sync: float = 0.0) -> None:
+        self._sim = sim
+        self._directory = directory
+        self._lie_about_sync = lie_about_sync
+        rng = sim.rng
+        self.max_inflight_msgs = rng.choice((1, 4, 64))
+        self.max_msg_bytes = rng.choice((64, 512, 1 << 20))
+        threshold = rng.choice((6, 12, 40, 20_000))
+        self.host_config = HostConfig(
+            snapshot_chunk_bytes=rng.choice((24, 200, 256 * 1024)),
+            compact_threshold_entries=threshold,
+            compact_keep_entries=rng.randint(0, threshold // 2),
+            snapshot_timeout_ticks=rng.choice((20, 60, 200)),
+        )
+        self._disks: list[SimDisk] = []
+
+    def new_durable(self, node_id: str) -> object:
+        path = os.path.join(self._directory, node_id)
+        os.makedirs(path, exist_ok=True)
+        disk = SimDisk(
+            storage=self._sim.params.storage,
+            directory=path,
+            rng=self._sim.rng,
+            write_fault_rate=self._sim.params.write_fault_rate,
+            lie_about_sync=self._lie_about_sync,
+        )
+        self._disks.append(disk)
+        return disk
+
+    def start(self, slot: NodeSlot) -> HostProcess:
+        assert isinstance(slot.durable, SimDisk)
+        return HostProcess(slot.node_id, slot.durable, self._sim, self)
+
+    def on_crash(self, slot: NodeSlot) -> None:
+        assert isinstance(slot.durable, SimDisk)
+        slot.durable.crash()
+
+    def disable_faults(self) -> None:
+        for disk in self._disks:
+            disk.write_fault_rate = 0.0
+
+    def reference_state(self, group: int, log: list[Entry]) -> tuple[object, dict[int, object]]:
+        kv = MemoryKV()
+        reference = KVStateMachine(kv)
+        batch = WriteBatch(kv)
+        results = reference.apply(group, log, batch)
+        kv.write(batch, sync=True)
+        by_index = {entry.index: result for entry, result in zip(log, results, strict=True)}
+        return reference.items(group), by_index
+
+    def close(self) -> None:
+        for disk in self._disks:
+            disk.close()
