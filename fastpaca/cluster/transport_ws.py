@@ -220,6 +220,9 @@ class WebSocketTransport:
             _log.warning("cluster: rejected connection from %s: %s", request.remote, exc)
             await ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
             return ws
+        except ConnectionError as exc:  # the client vanished mid-handshake
+            _log.info("cluster: connection from %s lost during handshake: %s", request.remote, exc)
+            return ws
         link = PeerLink(peer_id, initiator=peer_id, ws=ws, config=config)
         if not self._register(link):
             await ws.close(code=CLOSE_DUPLICATE, message=b"duplicate connection")
