@@ -32,9 +32,10 @@ end
 function response(status, headers, body)
   if status >= 300 then
     errors = errors + 1
-  elseif string.find(body, '"seq"', 1, true) then
-    -- an append reply; several requests are in flight per thread, so the
-    -- reply itself, not the last request made, says what it answers
+  elseif string.sub(body, 1, 6) == '{"seq"' then
+    -- an append reply ({"seq": ...}; a tail reply starts {"messages": ...).
+    -- Several requests are in flight per thread, so the reply itself, not
+    -- the last request made, says what it answers.
     appends = appends + 1
   else
     reads = reads + 1
