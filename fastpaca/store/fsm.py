@@ -183,12 +183,15 @@ class ConversationStateMachine:
             batch.put(keys.idempotency_key(group_id, conversation_id, key), record.encode())
             batch.put(keys.idempotency_index_key(group_id, conversation_id, version), key.encode())
         floor = self._evict_idempotency_keys(group_id, conversation_id, state, version, batch)
-        new_state = replace(
-            state,
+        # Built directly, not with dataclasses.replace: this is the hot path.
+        new_state = ConversationState(
             version=version,
             last_seq=first_seq + len(items) - 1,
-            updated_ms=max(state.updated_ms, command.now_ms),
+            archived_seq=state.archived_seq,
             idempotency_floor_version=floor,
+            created_ms=state.created_ms,
+            updated_ms=max(state.updated_ms, command.now_ms),
+            tombstoned=False,
         )
         batch.put(state_key, new_state.encode())
         return AppendApplied(items=tuple(items))

@@ -18,6 +18,7 @@ an idempotency key, upserts, tombstones). An append without a key answers
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ from fastpaca.store.results import (
 __all__ = ["AppendObserver", "ConversationRuntime", "RaftEngine", "wall_clock_ms"]
 
 _RETRY_PAUSE_S = 0.02
+_log = logging.getLogger(__name__)
 
 
 class RaftEngine(Protocol):
@@ -116,6 +118,10 @@ class ConversationRuntime:
         result = await self._propose(conversation_id, command)
         if not isinstance(result, TombstoneApplied):
             raise InvariantViolation(f"tombstone answered with {result!r}")
+        _log.info(
+            "conversation tombstoned",
+            extra={"type": "conversation.tombstoned", "conversation_id": conversation_id},
+        )
 
     async def append(
         self,
@@ -139,6 +145,18 @@ class ConversationRuntime:
             raise InvariantViolation(f"append answered with {result!r}")
         if not result.deduped and self._observer is not None:
             self._observer.appended(prepared)
+        if _log.isEnabledFor(logging.DEBUG):  # per append: only when asked for
+            _log.debug(
+                "appended",
+                extra={
+                    "type": "conversation.appended",
+                    "conversation_id": conversation_id,
+                    "seq": result.items[0].seq,
+                    "count": len(result.items),
+                    "version": result.items[0].version,
+                    "deduped": result.deduped,
+                },
+            )
         return result
 
     async def get(self, conversation_id: str) -> ConversationView:

@@ -11,6 +11,7 @@ small fixed-size value, never the (possibly large) metadata object.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,4 +100,10 @@ class IdempotencyRecord:
 
 def format_timestamp(epoch_ms: int) -> str:
     """ISO 8601 UTC with second precision, e.g. ``2026-02-02T12:00:00Z``."""
-    return datetime.fromtimestamp(epoch_ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_second(epoch_ms // 1000)
+
+
+@functools.lru_cache(maxsize=256)
+def _format_second(epoch_s: int) -> str:
+    # Cached: consecutive appends mostly fall in the same second.
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -97,8 +97,9 @@ def _http_response(exc: web.HTTPException) -> web.Response:
     return response
 
 
-def _internal(exc: BaseException) -> web.Response:
-    _log.error("unhandled error", exc_info=exc, extra={"type": "http.internal_error"})
+def _internal(exc: BaseException, request: web.Request | None = None) -> web.Response:
+    path = None if request is None else request.path
+    _log.error("unhandled error", exc_info=exc, extra={"type": "http.internal_error", "path": path})
     return error_response(500, "internal", "Internal server error")
 
 
@@ -113,4 +114,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return _http_response(exc)
     except Exception as exc:  # a bug: report it as 500 without leaking details
-        return _internal(exc)
+        return _internal(exc, request)
