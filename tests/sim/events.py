@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 __all__ = ["EventQueue"]
 
 
-@dataclass(order=True, slots=True)
-class _Event:
-    time_ms: int
-    seq: int
-    action: Callable[[], None] = field(compare=False)
-    label: str = field(compare=False)
-
-
 class EventQueue:
     def __init__(self) -> None:
-        self._heap: list[_Event] = []
+        self._heap: list[tuple[int, int, str, Callable[[], None]]] = []
         self._seq = 0
         self.now_ms = 0
 
@@ -33,17 +24,17 @@ class EventQueue:
         """Run ``action`` ``delay_ms`` from now (0 means later in this instant)."""
         assert delay_ms >= 0, delay_ms
         self._seq += 1
-        heapq.heappush(self._heap, _Event(self.now_ms + delay_ms, self._seq, action, label))
+        heapq.heappush(self._heap, (self.now_ms + delay_ms, self._seq, label, action))
 
     def pop_until(self, deadline_ms: int) -> tuple[str, Callable[[], None]] | None:
         """Advance the clock to the next event due at or before ``deadline_ms``
         and hand it back, or return None (clock set to the deadline)."""
-        if not self._heap or self._heap[0].time_ms > deadline_ms:
+        if not self._heap or self._heap[0][0] > deadline_ms:
             self.now_ms = max(self.now_ms, deadline_ms)
             return None
-        event = heapq.heappop(self._heap)
-        self.now_ms = event.time_ms
-        return event.label, event.action
+        time_ms, _, label, action = heapq.heappop(self._heap)
+        self.now_ms = time_ms
+        return label, action
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -29,7 +29,7 @@ from fastpaca.raft.messages import (
     Message,
     MessageType,
 )
-from fastpaca.raft.ready import Ready
+from fastpaca.raft.ready import Ready, Role
 from fastpaca.raft.storage import MemoryStorage
 
 from .checker import InvariantViolation
@@ -198,8 +198,7 @@ class CoreProcess:
         for group, core, rd in readies:
             self._apply(group, core, rd)
             core.advance(rd)
-        for group, core in sorted(self._cores.items()):
-            if core.is_leader:
+            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self._sim.checker.observe_leader(self.node_id, group, core.term)
         return any(core.has_ready() for core in self._cores.values())
 

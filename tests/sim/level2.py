@@ -20,6 +20,7 @@ from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.host import HostConfig, Iteration, IterationResult, NodeHost
 from fastpaca.raft.kv import MemoryKV, WriteBatch
 from fastpaca.raft.messages import ConfChange, Entry
+from fastpaca.raft.ready import Role
 from fastpaca.raft.storage import CompactedError
 from fastpaca.raft.testing import KVStateMachine, put_command
 
@@ -118,9 +119,6 @@ class HostProcess:
         if crash_at == CrashPoint.AFTER_SEND and applies:
             raise ProcessCrashed
         self._observe_result(host.finish(iteration))
-        for group in host.group_ids():
-            if host.is_leader(group):
-                self._sim.checker.observe_leader(self.node_id, group, host.core(group).term)
         return host.has_work()
 
     def _observe_written(self, iteration: Iteration) -> None:
@@ -164,6 +162,9 @@ class HostProcess:
                 proposed = self._pending.pop((batch.group_id, entry.index), None)
                 if proposed is not None and proposed == (entry.term, entry.data):
                     checker.observe_ack(batch.group_id, entry.data, entry.index, outcome)
+        for group, soft in result.soft_states:
+            if soft.role is Role.LEADER:  # once per won election
+                checker.observe_leader(self.node_id, group, self._host.core(group).term)
         for group, read in result.read_states:
             checker.observe_read_served(self.node_id, group, read.context, read.index)
 
