@@ -304,6 +304,7 @@ class RaftDriver:
 
     async def _iterate(self) -> None:
         iteration = self._host.prepare()
+        unreachable = self._send(iteration.take_early_frames(), iteration.message_counts)
         try:
             if self._writer is not None and iteration.batch:
                 loop = asyncio.get_running_loop()
@@ -315,19 +316,26 @@ class RaftDriver:
             raise
         self.stats.iterations += 1
         self.stats.synced_writes += iteration.must_sync
-        unreachable = []
-        for peer, frame in iteration.frames().items():
-            if self._transport.send(peer, Channel.RAFT, frame):
-                self.stats.frames_sent[peer] += 1
-                self.stats.bytes_sent[peer] += len(frame)
-                self.stats.messages_sent[peer] += iteration.message_counts.get(peer, 0)
-            else:
-                self.stats.send_failures[peer] += 1
-                unreachable.append(peer)
+        unreachable += self._send(iteration.frames(), iteration.message_counts)
         result = self._host.finish(iteration)
-        for peer in unreachable:
+        for peer in sorted(set(unreachable)):
             self._host.peer_unreachable(peer)
         self._resolve(result)
+
+    def _send(self, frames: dict[str, bytes], message_counts: dict[str, int]) -> list[str]:
+        """Send each frame; the peers that could not take one."""
+        unreachable = []
+        stats = self.stats
+        for peer, frame in frames.items():
+            if self._transport.send(peer, Channel.RAFT, frame):
+                stats.frames_sent[peer] += 1
+                stats.bytes_sent[peer] += len(frame)
+            else:
+                stats.send_failures[peer] += 1
+                unreachable.append(peer)
+        for peer in frames:
+            stats.messages_sent[peer] += message_counts.pop(peer, 0)
+        return unreachable
 
     # --- resolving futures ------------------------------------------------------------
 

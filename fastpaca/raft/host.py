@@ -10,12 +10,15 @@ simulator call it, in this order, never re-entrantly::
 
     host.tick() / host.receive(peer, frame) / host.propose(...)   # any number
     iteration = host.prepare()
+    for peer, frame in iteration.take_early_frames().items(): ...  # optional
     iteration.write()               # the only write; may run in another thread
     for peer, frame in iteration.frames().items(): transport.send(...)
     result = host.finish(iteration) # advance; apply results, read states
 
 Persist-before-send is structural: ``Iteration.frames()`` and ``finish``
-refuse to run until ``Iteration.write()`` returned.
+refuse to run until ``Iteration.write()`` returned. Only a leader's
+APPEND/HEARTBEAT of an already durable term, which acknowledge nothing, may
+be taken earlier (``take_early_frames``), so followers fsync in parallel.
 
 Groups are bootstrapped with their initial voters as ADD_VOTER entries at
 term 1 (identical on every initial member), so a replica added later that
@@ -36,7 +39,6 @@ from fastpaca.raft.codec import (
     decode_conf_change,
     decode_frame,
     encode_conf_change,
-    encode_frame,
 )
 from fastpaca.raft.core import RaftConfig, RaftNode
 from fastpaca.raft.iteration import (
@@ -65,6 +67,9 @@ from fastpaca.raft.stats import HostStats
 
 __all__ = ["AppliedBatch", "HostConfig", "Iteration", "IterationResult", "NodeHost"]
 
+_EARLY_TYPES = (MessageType.APPEND, MessageType.HEARTBEAT)
+"""A leader's messages that promise nothing about its own disk."""
+
 _log = logging.getLogger(__name__)
 
 
@@ -79,6 +84,9 @@ class HostConfig:
     """A transfer with no progress (or no answer) for this long failed."""
     entry_cache_bytes: int = 64 << 20
     """All groups' caches of recent log entries together (replication reads)."""
+    send_leader_appends_early: bool = True
+    """Let a leader's APPEND/HEARTBEAT of a durable term go out before this
+    iteration's write (``Iteration.take_early_frames``): halves commit latency."""
 
 
 class NodeHost:
@@ -108,6 +116,7 @@ class NodeHost:
         """Single-voter groups that will campaign as soon as they can."""
         self._in_iteration = False
         self._cache_budget = CacheBudget(self._config.entry_cache_bytes)
+        self._send_early = self._config.send_leader_appends_early
         self.stats = HostStats()
         self._snapshots = SnapshotExchange(
             state_machine,
@@ -289,29 +298,42 @@ class NodeHost:
         must_sync = self._batch_must_sync
         self._batch, self._batch_must_sync = None, False
         readies: list[ProcessedReady] = []
-        outgoing: dict[str, list[Message]] = {}
+        early: dict[str, list[Message]] = {}
+        late: dict[str, list[Message]] = {}
         for group_id in sorted(self._dirty):
             group = self._groups.get(group_id)
             if group is None or not group.core.has_ready():
                 continue
             rd = group.core.ready()
+            # Read before staging: the term this node is known to hold durably.
+            durable_term = group.storage.hard_state.term if group.core.is_leader else -1
             applied = self._persist(group_id, group, rd, batch)
             for msg in rd.messages:
                 if msg.type is MessageType.SNAPSHOT:
                     self._snapshots.start(group.storage, msg)
+                elif msg.type in _EARLY_TYPES and msg.term <= durable_term and self._send_early:
+                    early.setdefault(msg.to, []).append(msg)
                 else:
-                    outgoing.setdefault(msg.to, []).append(msg)
+                    late.setdefault(msg.to, []).append(msg)
             must_sync = must_sync or rd.must_sync
             readies.append(ProcessedReady(group_id, group, rd, applied))
         self._dirty.clear()
         self._snapshots.answer_declined(self._storage_of, batch)
-        counts = {peer: len(messages) for peer, messages in outgoing.items()}
-        frames = self._encode_frames(outgoing)
+        chunks, statuses = self._snapshots.outgoing(late)
         bootstrapped, self._bootstrapping = self._bootstrapping, {}
         self._in_iteration = True
-        iteration = Iteration(self._kv, batch, must_sync, frames, readies, bootstrapped)
-        iteration.message_counts = counts
-        return iteration
+        return Iteration(
+            node_id=self.node_id,
+            kv=self._kv,
+            batch=batch,
+            must_sync=must_sync,
+            early=early,
+            late=late,
+            chunks=chunks,
+            statuses=statuses,
+            readies=readies,
+            bootstrapped=bootstrapped,
+        )
 
     def finish(self, iteration: Iteration) -> IterationResult:
         """After the write (and the sends): expose the written state, advance
@@ -380,20 +402,6 @@ class NodeHost:
         return AppliedBatch(group_id, entries, results)
 
     # --- helpers ----------------------------------------------------------------------
-
-    def _encode_frames(self, outgoing: dict[str, list[Message]]) -> dict[str, bytes]:
-        chunks, statuses = self._snapshots.outgoing(outgoing)
-        peers = sorted(outgoing.keys() | chunks.keys() | statuses.keys())
-        return {
-            peer: encode_frame(
-                self.node_id,
-                peer,
-                outgoing.get(peer, ()),
-                chunks.get(peer, ()),
-                statuses.get(peer, ()),
-            )
-            for peer in peers
-        }
 
     def _add_group(self, group_id: int, storage: LevelDBStorage) -> None:
         config = replace(

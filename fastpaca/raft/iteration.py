@@ -1,8 +1,9 @@
 """One pass of ``NodeHost`` over its groups, as values the caller handles.
 
 ``Iteration`` is what ``NodeHost.prepare`` returns: the batch to write and the
-frames to send, which it hands out only after the write (persist before send,
-enforced here). ``IterationResult`` is what ``finish`` returns. Holds no logic
+messages to send, which it encodes into frames and hands out only after the
+write (persist before send, enforced here; see ``take_early_frames`` for the
+one kind of message that needs no persisting). ``IterationResult`` is what ``finish`` returns. Holds no logic
 beyond that ordering rule.
 """
 
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fastpaca.errors import InvariantViolation
+from fastpaca.raft.codec import SnapshotChunk, SnapshotStatus, encode_frame
 from fastpaca.raft.core import RaftNode
 from fastpaca.raft.kv import KV, WriteBatch
 from fastpaca.raft.leveldb import LevelDBStorage
-from fastpaca.raft.messages import Entry, ReadState
+from fastpaca.raft.messages import Entry, Message, ReadState
 from fastpaca.raft.ready import Ready, SoftState
 
 __all__ = ["AppliedBatch", "HostedGroup", "Iteration", "IterationResult", "ProcessedReady"]
@@ -55,11 +57,24 @@ class ProcessedReady(NamedTuple):
 
 
 class Iteration:
-    """What one pass over all groups produced: a batch to write, then frames."""
+    """What one pass over all groups produced: a batch to write, then frames.
+
+    Persist-before-send is enforced here: ``frames()`` raises until ``write()``
+    returned. The one exception is ``take_early_frames()``: a leader's
+    APPEND/HEARTBEAT messages of a term already durable acknowledge nothing,
+    so they may leave before the write and the followers' fsync overlaps the
+    leader's (Raft thesis §10.2.1); the leader still counts its own copy only
+    once durable (``advance``). A caller that never takes them gets them in
+    ``frames()`` instead, merged into the one frame per peer.
+    """
 
     __slots__ = (
-        "_frames",
+        "_chunks",
+        "_early",
         "_kv",
+        "_late",
+        "_node_id",
+        "_statuses",
         "_written",
         "batch",
         "bootstrapped",
@@ -70,26 +85,43 @@ class Iteration:
 
     def __init__(
         self,
+        *,
+        node_id: str,
         kv: KV,
         batch: WriteBatch,
         must_sync: bool,
-        frames: dict[str, bytes],
+        early: dict[str, list[Message]],
+        late: dict[str, list[Message]],
+        chunks: dict[str, list[SnapshotChunk]],
+        statuses: dict[str, list[SnapshotStatus]],
         readies: list[ProcessedReady],
         bootstrapped: dict[int, LevelDBStorage],
     ) -> None:
+        self._node_id = node_id
         self._kv = kv
         self.batch = batch
         self.must_sync = must_sync
-        self._frames = frames
-        self.message_counts: dict[str, int] = {}
-        """Raft messages per peer in this iteration's frames (stats)."""
+        self._early = early
+        self._late = late
+        self._chunks = chunks
+        self._statuses = statuses
         self.readies = readies
         self.bootstrapped = bootstrapped
         self._written = False
+        self.message_counts: dict[str, int] = {}
+        """Raft messages per peer in the frames handed out so far (stats)."""
 
     @property
     def is_empty(self) -> bool:
-        return not (self.batch or self._frames or self.readies or self.bootstrapped)
+        return not (
+            self.batch
+            or self.readies
+            or self.bootstrapped
+            or self._early
+            or self._late
+            or self._chunks
+            or self._statuses
+        )
 
     @property
     def written(self) -> bool:
@@ -97,13 +129,44 @@ class Iteration:
 
     def write(self) -> None:
         """Write the batch (fsync'd when ``must_sync``). Safe to call from one
-        worker thread: it touches only the KV and this iteration."""
+        worker thread: it touches only the KV and this iteration's batch."""
         if self.batch:
             self._kv.write(self.batch, sync=self.must_sync)
         self._written = True
 
+    def take_early_frames(self) -> dict[str, bytes]:
+        """Frames of leader traffic that may be sent before the write (see the
+        class docstring); at most one per peer, each handed out once."""
+        early, self._early = self._early, {}
+        return {
+            peer: self._encode(peer, messages, (), ()) for peer, messages in sorted(early.items())
+        }
+
     def frames(self) -> dict[str, bytes]:
-        """One frame per peer; only once the batch is durable."""
+        """One frame per peer with everything else; only once the batch is durable."""
         if not self._written:
             raise InvariantViolation("frames requested before the batch was written")
-        return self._frames
+        messages = self._late
+        for peer, early in self._early.items():
+            messages[peer] = early + messages.get(peer, [])
+        self._early = {}
+        peers = sorted(messages.keys() | self._chunks.keys() | self._statuses.keys())
+        return {
+            peer: self._encode(
+                peer,
+                messages.get(peer, ()),
+                self._chunks.get(peer, ()),
+                self._statuses.get(peer, ()),
+            )
+            for peer in peers
+        }
+
+    def _encode(
+        self,
+        peer: str,
+        messages: Sequence[Message],
+        chunks: Sequence[SnapshotChunk],
+        statuses: Sequence[SnapshotStatus],
+    ) -> bytes:
+        self.message_counts[peer] = self.message_counts.get(peer, 0) + len(messages)
+        return encode_frame(self._node_id, peer, messages, chunks, statuses)

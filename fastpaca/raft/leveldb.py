@@ -30,7 +30,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastpaca.errors import CorruptLogError
 from fastpaca.raft.kv import KVView, WriteBatch
@@ -249,17 +249,19 @@ class LevelDBStorage:
             put(key_prefix + index_bytes, encode_entry_at(index_bytes, entry))
         for stale in range(hi + 1, view.last_index + 1):
             batch.delete(_entry_key(self._prefix, stale))
-        self._staged = replace(view, last_index=hi)
+        self._staged = _View(view.first_index, hi, view.hard_state, view.conf_state, view.snapshot)
         appended = list(entries)
         self._on_commit.append(lambda: self._cache_append(appended))
 
     def stage_hard_state(self, batch: WriteBatch, hs: HardState) -> None:
         batch.put(self._prefix + b"h", encode_hard_state(hs))
-        self._staged = replace(self._staged or self._view, hard_state=hs)
+        v = self._staged or self._view  # positional: dataclasses.replace is slow here
+        self._staged = _View(v.first_index, v.last_index, hs, v.conf_state, v.snapshot)
 
     def stage_conf_state(self, batch: WriteBatch, cs: ConfState) -> None:
         batch.put(self._prefix + b"c", encode_conf_state(cs))
-        self._staged = replace(self._staged or self._view, conf_state=cs)
+        v = self._staged or self._view
+        self._staged = _View(v.first_index, v.last_index, v.hard_state, cs, v.snapshot)
 
     def stage_snapshot(self, batch: WriteBatch, meta: SnapshotMeta) -> None:
         """Install ``meta`` as the log's base: the whole log is dropped and the
@@ -290,7 +292,7 @@ class LevelDBStorage:
         for compacted in range(view.first_index, index + 1):
             batch.delete(_entry_key(self._prefix, compacted))
         batch.put(self._prefix + b"s", encode_snapshot_meta(meta))
-        self._staged = replace(view, first_index=index + 1, snapshot=meta)
+        self._staged = _View(index + 1, view.last_index, view.hard_state, view.conf_state, meta)
         self._on_commit.append(lambda: self._cache_drop_below(index + 1))
 
     def stage_destroy(self, batch: WriteBatch) -> None:

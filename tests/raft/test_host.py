@@ -31,8 +31,16 @@ class Cluster:
     """Hosts that exchange frames through per-node inboxes; ``cut`` nodes
     neither send nor receive."""
 
-    def __init__(self, root: Path, names: tuple[str, ...], config: HostConfig | None = None):
+    def __init__(
+        self,
+        root: Path,
+        names: tuple[str, ...],
+        config: HostConfig | None = None,
+        *,
+        early_sends: bool = True,
+    ):
         self.root = root
+        self.early_sends = early_sends
         self.config = config or HostConfig()
         self.kvs: dict[str, LevelDBKV] = {}
         self.hosts: dict[str, NodeHost] = {}
@@ -70,13 +78,23 @@ class Cluster:
         if not host.has_work():
             return
         iteration = host.prepare()
+        if self.early_sends:
+            self.deliver(name, iteration.take_early_frames())
         iteration.write()
         frames = iteration.frames()
         self.frames_per_iteration.append(frames)
+        self.deliver(name, frames)
+        self.results[name].append(host.finish(iteration))
+
+    def iterate_inbox_only(self, name: str) -> None:
+        for peer, frame in self.inbox[name]:
+            self.hosts[name].receive(peer, frame)
+        self.inbox[name].clear()
+
+    def deliver(self, name: str, frames: dict[str, bytes]) -> None:
         for peer, frame in frames.items():
             if name not in self.cut and peer not in self.cut and peer in self.hosts:
                 self.inbox[peer].append((name, frame))
-        self.results[name].append(host.finish(iteration))
 
     def round(self, *, tick: bool = False) -> None:
         for name in sorted(self.hosts):
@@ -111,9 +129,9 @@ def n_not_cut(names: list[str], cut: set[str]) -> list[str]:
     return [n for n in names if n not in cut]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, NAMES)
+@pytest.fixture(params=[True, False], ids=["early-appends", "all-after-write"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, NAMES, early_sends=request.param)
     yield c
     c.close()
 
@@ -337,3 +355,41 @@ def test_snapshot_with_a_bad_chunk_never_reaches_the_core(cluster: Cluster) -> N
     host.receive(leader, encode_frame(leader, follower, [snapshot]))
     assert host.stats.dropped_snapshots == 1
     assert host.core(1).commit_index < 500
+
+
+def test_only_leader_traffic_of_a_durable_term_leaves_before_the_write(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, NAMES)
+    try:
+        for host in cluster.hosts.values():
+            host.ensure_group(1, NAMES)
+        leader = cluster.elect(1)
+        durable_term = LevelDBStorage.open(cluster.kvs[leader], 1).hard_state.term
+        cluster.hosts[leader].propose(1, put_command(b"k", b"v"))
+        iteration = cluster.hosts[leader].prepare()
+        early = iteration.take_early_frames()
+        assert sorted(early) == sorted(n for n in NAMES if n != leader)
+        for frame in early.values():
+            for msg in decode_frame(frame).messages:
+                assert msg.type in (MessageType.APPEND, MessageType.HEARTBEAT)
+                assert msg.term == durable_term
+            cluster.inbox[decode_frame(frame).to].append((leader, frame))
+        assert iteration.take_early_frames() == {}  # handed out once
+        iteration.write()
+        assert all(not decode_frame(f).messages for f in iteration.frames().values())
+        cluster.hosts[leader].finish(iteration)
+        # Followers answer (APPEND_RESP): never before their own write.
+        follower = next(n for n in NAMES if n != leader)
+        cluster.iterate_inbox_only(follower)
+        iteration = cluster.hosts[follower].prepare()
+        assert iteration.take_early_frames() == {}
+        iteration.write()
+        assert any(decode_frame(f).messages for f in iteration.frames().values())
+        cluster.hosts[follower].finish(iteration)
+        # A candidate's first Ready changes its term: nothing goes early.
+        cluster.hosts[follower].campaign(1)
+        iteration = cluster.hosts[follower].prepare()
+        assert iteration.take_early_frames() == {}
+        iteration.write()
+        cluster.hosts[follower].finish(iteration)
+    finally:
+        cluster.close()
