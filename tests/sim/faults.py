@@ -1,4 +1,4 @@
-"""The fault schedule: partitions and crashes during the safety phase.
+"""The fault schedule: partitions, crashes and pauses during the safety phase.
 
 Owns *when* and *where* faults strike; the network and the simulator carry
 them out. Draws only from the simulator's rng. A crash is either immediate
@@ -30,6 +30,8 @@ class FaultSchedule:
             self._next(self._params.partition_interval_ms, "partition", self._partition)
         if self._params.crash_interval_ms:
             self._next(self._params.crash_interval_ms, "crash", self._crash)
+        if self._params.pause_interval_ms:
+            self._next(self._params.pause_interval_ms, "pause", self._pause)
 
     def _next(self, mean_ms: int, label: str, action: object) -> None:
         assert callable(action)
@@ -88,3 +90,15 @@ class FaultSchedule:
         slot.crash_at = sim.rng.choice(CrashPoint.ALL)
         sim.note(f"crash planned on {victim} at {slot.crash_at}")
         sim.wake(victim)
+
+    # --- pauses --------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        sim = self._sim
+        if sim.phase != "safety":
+            return
+        self._next(self._params.pause_interval_ms, "pause", self._pause)
+        victim = sim.rng.choice(sorted(sim.slots))
+        sim.pause(victim)
+        pause_ms = sim.rng.randint(10, self._params.pause_ms_max)
+        sim.queue.schedule(pause_ms, f"fault resume {victim}", lambda: sim.resume(victim))

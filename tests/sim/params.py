@@ -52,6 +52,9 @@ class SimParams:
     """How often a node snapshots and compacts its logs; 0 disables it."""
     safety_ms: int
     liveness_ms_max: int
+    pause_interval_ms: int
+    """Mean time between process pauses (GC, swapping, SIGSTOP); 0 disables."""
+    pause_ms_max: int
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -91,4 +94,6 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         compact_interval_ms=_sometimes(rng, 0.7, rng.randint(100, 800)),
         safety_ms=safety_ms,
         liveness_ms_max=10_000,
+        pause_interval_ms=_sometimes(rng, 0.5, rng.randint(200, 1500)),
+        pause_ms_max=rng.randint(50, 800),
     )

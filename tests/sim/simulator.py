@@ -51,6 +51,9 @@ class NodeSlot:
     crash_at: str | None = None
     iteration_scheduled: bool = False
     crashes: int = 0
+    paused: bool = False
+    """A paused process keeps its state but runs nothing; input waits."""
+    held: list[tuple[str, object]] = field(default_factory=list)
 
 
 class Level(Protocol):
@@ -154,6 +157,8 @@ class Simulator:
             return
         self.note(f"crash {node_id} ({reason})")
         slot.process = None
+        slot.paused = False
+        slot.held.clear()
         slot.generation += 1
         slot.crash_at = None
         slot.crashes += 1
@@ -171,6 +176,26 @@ class Simulator:
             self.ensure_group(node_id, group, voters)
         self.wake(node_id)
 
+    def pause(self, node_id: str) -> None:
+        slot = self.slots[node_id]
+        if slot.process is not None and not slot.paused:
+            self.note(f"pause {node_id}")
+            slot.paused = True
+
+    def resume(self, node_id: str) -> None:
+        """Run a paused process again: it sees what arrived meanwhile, late."""
+        slot = self.slots[node_id]
+        if not slot.paused:
+            return
+        self.note(f"resume {node_id}")
+        slot.paused = False
+        process = slot.process
+        assert process is not None
+        held, slot.held = slot.held, []
+        for sender, payload in held:
+            process.receive(sender, payload)
+        self.wake(node_id)
+
     def wake(self, node_id: str) -> None:
         """The node has work: run an iteration soon (coalescing inputs)."""
         slot = self.slots[node_id]
@@ -185,6 +210,8 @@ class Simulator:
         if process is None or slot.generation != generation:
             return
         slot.iteration_scheduled = False
+        if slot.paused:
+            return  # resume() wakes it
         node_id = slot.node_id
 
         def send(peer: str, payload: object) -> None:
@@ -206,15 +233,20 @@ class Simulator:
             process = slot.process
             if process is None or slot.generation != generation:
                 return
-            process.tick()
-            self.wake(slot.node_id)
+            if not slot.paused:  # a paused process misses its timer ticks
+                process.tick()
+                self.wake(slot.node_id)
             self._schedule_tick(slot, generation)
 
         self.queue.schedule(slot.tick_ms, f"tick {slot.node_id}", tick)
 
     def _deliver(self, sender: str, receiver: str, payload: object) -> None:
-        process = self.slots[receiver].process
+        slot = self.slots[receiver]
+        process = slot.process
         if process is None:
+            return
+        if slot.paused:
+            slot.held.append((sender, payload))
             return
         process.receive(sender, payload)
         self.wake(receiver)
@@ -278,6 +310,7 @@ class Simulator:
             slot.crash_at = None
             if slot.process is None:
                 self.restart(node_id)
+            self.resume(node_id)
 
     # --- convergence ---------------------------------------------------------
 

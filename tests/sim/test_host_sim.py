@@ -8,6 +8,13 @@ first failing seed fails the test with a ``reproduce:`` line.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from .level2 import HostLevel
 from .runner import run_one, run_seeds
 from .simulator import Level, Simulator
@@ -39,3 +46,26 @@ def test_host_level_seed_replays_exactly(replay_seed: int | None) -> None:
         second = run_one(seed, host_level, safety_ms=SAFETY_MS)
         assert first.digest == second.digest, f"seed {seed} did not replay"
         assert first.stats == second.stats
+
+
+def _digest_in_subprocess(seed: int, level: str, hash_seed: str) -> str:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.sim.cli", str(seed), "--level", level],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("digest "))
+
+
+@pytest.mark.parametrize("level", ["host", "core"])
+def test_replay_does_not_depend_on_the_process(level: str, replay_seed: int | None) -> None:
+    """Same seed in two fresh interpreters with different string-hash salts:
+    set/dict order of strings must never leak into the run."""
+    seed = 5 if replay_seed is None else replay_seed
+    assert _digest_in_subprocess(seed, level, "1") == _digest_in_subprocess(seed, level, "2")
