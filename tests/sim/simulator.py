@@ -32,6 +32,7 @@ from .workload import Workload
 __all__ = ["Level", "NodeSlot", "SimResult", "SimulationFailure", "Simulator"]
 
 CONVERGE_CHECK_MS = 50
+DEFAULT_SAFETY_MS = 2_000
 
 
 class SimulationFailure(AssertionError):
@@ -92,7 +93,7 @@ class Simulator:
         seed: int,
         level_factory: Callable[[Simulator], Level],
         *,
-        safety_ms: int = 2_000,
+        safety_ms: int = DEFAULT_SAFETY_MS,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -269,12 +270,15 @@ class Simulator:
 
     def failure_report(self, problem: str) -> str:
         storage = f"{self.params.storage} storage, " if self.level.name == "host" else ""
+        env = ""
+        if self.params.safety_ms != DEFAULT_SAFETY_MS:
+            env = f"FASTPACA_SIM_SAFETY_MS={self.params.safety_ms} "
         return (
             f"seed {self.seed} ({self.level.name} level, {storage}"
             f"{len(self.params.node_ids)} nodes, {self.params.group_count} groups) "
             f"at {self.queue.now_ms} ms: {problem}\n"
             f"--- last events ---\n{self.trace.tail()}\n"
-            f"reproduce: pytest tests/sim --seed={self.seed}"
+            f"reproduce: {env}pytest tests/sim --seed={self.seed}"
         )
 
     def _run(self) -> SimResult:

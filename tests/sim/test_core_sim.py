@@ -10,15 +10,13 @@ from .level1 import CoreLevel
 from .runner import run_one, run_seeds
 from .simulator import Level, Simulator
 
-SAFETY_MS = 2_000
-
 
 def core_level(sim: Simulator, directory: str) -> Level:
     return CoreLevel(sim)
 
 
-def test_core_level_seeds(sim_seeds: list[int]) -> None:
-    results, seconds = run_seeds(sim_seeds, core_level, safety_ms=SAFETY_MS)
+def test_core_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
+    results, seconds = run_seeds(sim_seeds, core_level, safety_ms=sim_safety_ms)
     assert len(results) == len(sim_seeds)
     # The runs did real work: leaders were elected and proposals acknowledged.
     assert sum(r.stats["acked"] for r in results) > 0
@@ -28,9 +26,9 @@ def test_core_level_seeds(sim_seeds: list[int]) -> None:
 
 def test_core_level_seed_replays_exactly(replay_seed: int | None) -> None:
     seed = 7 if replay_seed is None else replay_seed
-    first = run_one(seed, core_level, safety_ms=SAFETY_MS)
-    second = run_one(seed, core_level, safety_ms=SAFETY_MS)
+    first = run_one(seed, core_level, safety_ms=2_000)
+    second = run_one(seed, core_level, safety_ms=2_000)
     assert first.digest == second.digest
     assert first.stats == second.stats
-    other = run_one(seed + 1, core_level, safety_ms=SAFETY_MS)
+    other = run_one(seed + 1, core_level, safety_ms=2_000)
     assert other.digest != first.digest

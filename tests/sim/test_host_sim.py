@@ -19,15 +19,13 @@ from .level2 import HostLevel
 from .runner import run_one, run_seeds
 from .simulator import Level, Simulator
 
-SAFETY_MS = 2_000
-
 
 def host_level(sim: Simulator, directory: str) -> Level:
     return HostLevel(sim, directory)
 
 
-def test_host_level_seeds(sim_seeds: list[int]) -> None:
-    results, seconds = run_seeds(sim_seeds, host_level, safety_ms=SAFETY_MS)
+def test_host_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
+    results, seconds = run_seeds(sim_seeds, host_level, safety_ms=sim_safety_ms)
     assert len(results) == len(sim_seeds)
     # The runs did real work: leaders, acknowledged proposals, and (over
     # enough seeds) snapshots, membership changes and transfers.
@@ -42,8 +40,8 @@ def test_host_level_seeds(sim_seeds: list[int]) -> None:
 def test_host_level_seed_replays_exactly(replay_seed: int | None) -> None:
     seeds = [4, 5] if replay_seed is None else [replay_seed]  # memory and LevelDB
     for seed in seeds:
-        first = run_one(seed, host_level, safety_ms=SAFETY_MS)
-        second = run_one(seed, host_level, safety_ms=SAFETY_MS)
+        first = run_one(seed, host_level, safety_ms=2_000)
+        second = run_one(seed, host_level, safety_ms=2_000)
         assert first.digest == second.digest, f"seed {seed} did not replay"
         assert first.stats == second.stats
 
