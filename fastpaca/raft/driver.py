@@ -154,6 +154,11 @@ class RaftDriver:
         return self._host.group_ids()
 
     @property
+    def pending_proposals(self) -> int:
+        """Proposals accepted by a core and not yet settled (back-pressure gauge)."""
+        return self._waiters.proposal_count
+
+    @property
     def host(self) -> NodeHost:
         """The synchronous host (read-only use: tests, metrics)."""
         return self._host

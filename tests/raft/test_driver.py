@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from fastpaca.errors import LeadershipLost, NotLeader, ProposalTimeout, Unavailable
+from fastpaca.errors import LeadershipLost, NotLeader, Overloaded, ProposalTimeout, Unavailable
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import KV, LevelDBKV, MemoryKV, WriteBatch
 from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
 from fastpaca.raft.testing import KVStateMachine, put_command
+from fastpaca.raft.transport import Channel
 from fastpaca.raft.transport_memory import InMemoryHub
 
 NAMES = ("n1", "n2", "n3")
@@ -289,3 +290,35 @@ async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
     with pytest.raises(Unavailable):
         await driver.propose(1, b"", timeout_s=1)  # the node refuses new work
     await driver.stop()
+
+
+async def test_malformed_frame_is_refused_and_counted(cluster: Cluster) -> None:
+    leader = await cluster.leader(0)
+    victim = next(n for n in cluster.nodes.values() if n is not leader)
+    transport = cluster.hub.transport(leader.name)
+    assert transport.send(victim.name, Channel.RAFT, b"\x01\x02garbage")
+    await wait_for(lambda: victim.driver.stats.malformed_frames == 1)
+    assert cluster.hub.transport(victim.name).handler_errors == 1  # the link would close
+    # The node is unharmed.
+    assert await leader.driver.propose(0, put_command(b"k", b"v"), timeout_s=2) is None
+
+
+async def test_too_many_pending_proposals_is_overloaded(tmp_path: Path) -> None:
+    config = DriverConfig(tick_interval_ms=5, election_timeout_ticks=60, max_pending_proposals=1)
+    cluster = Cluster(tmp_path, config)
+    for name in NAMES:
+        await cluster.start(name)
+        cluster.nodes[name].driver.ensure_group(0, NAMES)
+    try:
+        leader = await cluster.leader(0)
+        for name in NAMES:
+            if name != leader.name:
+                cluster.hub.isolate(name)
+        stuck = asyncio.ensure_future(leader.driver.propose(0, b"", timeout_s=0.2))
+        await wait_for(lambda: leader.driver.pending_proposals == 1)
+        with pytest.raises(Overloaded):
+            await leader.driver.propose(0, b"", timeout_s=0.2)
+        with pytest.raises(ProposalTimeout):
+            await stuck
+    finally:
+        await cluster.close()
