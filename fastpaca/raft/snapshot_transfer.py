@@ -193,6 +193,8 @@ class SnapshotReceiver:
         """Groups whose transfer stalled; their staged chunks must be cleared."""
         expired = []
         for group_id, transfer in self.transfers.items():
+            if transfer.restored is not None:
+                continue  # in the core's hands: the next iteration installs it
             transfer.idle_ticks += 1
             if transfer.idle_ticks > self._timeout_ticks:
                 expired.append(group_id)
