@@ -143,6 +143,11 @@ class CoreProcess:
         self._disk.groups[group] = GroupDisk(storage)
         self._start_core(group)
 
+    def remove_group(self, group: int) -> None:
+        del self._disk.groups[group]
+        del self._cores[group]
+        self._pending = {k: v for k, v in self._pending.items() if k[0] != group}
+
     def _core(self, group: int) -> RaftNode:
         core = self._cores.get(group)
         if core is None:
@@ -200,6 +205,7 @@ class CoreProcess:
             core.advance(rd)
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self._sim.checker.observe_leader(self.node_id, group, core.term)
+                self._sim.note(f"leader group {group} term {core.term}: {self.node_id}")
         return any(core.has_ready() for core in self._cores.values())
 
     def _persist(self, group: int, core: RaftNode, rd: Ready) -> None:

@@ -78,6 +78,10 @@ class HostProcess:
     def ensure_group(self, group: int, voters: tuple[str, ...]) -> None:
         self._host.ensure_group(group, voters)
 
+    def remove_group(self, group: int) -> None:
+        self._host.remove_group(group)
+        self._observed_commit.pop(group, None)
+
     def propose(self, group: int, data: bytes) -> None:
         command = proposal_command(data)
         index, term = self._host.propose(group, command)
@@ -164,7 +168,9 @@ class HostProcess:
                     checker.observe_ack(batch.group_id, entry.data, entry.index, outcome)
         for group, soft in result.soft_states:
             if soft.role is Role.LEADER:  # once per won election
-                checker.observe_leader(self.node_id, group, self._host.core(group).term)
+                term = self._host.core(group).term
+                checker.observe_leader(self.node_id, group, term)
+                self._sim.note(f"leader group {group} term {term}: {self.node_id}")
         for group, read in result.read_states:
             checker.observe_read_served(self.node_id, group, read.context, read.index)
 

@@ -55,6 +55,12 @@ class SimParams:
     pause_interval_ms: int
     """Mean time between process pauses (GC, swapping, SIGSTOP); 0 disables."""
     pause_ms_max: int
+    max_down: int
+    """How many nodes may be crashed at once: usually a minority, sometimes
+    all but one or all (crashes lose only unsynced writes, so even a full
+    outage must recover)."""
+    padding_bytes: tuple[int, ...]
+    """Extra bytes a proposal may carry (batching and chunking limits)."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -96,4 +102,8 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         liveness_ms_max=10_000,
         pause_interval_ms=_sometimes(rng, 0.5, rng.randint(200, 1500)),
         pause_ms_max=rng.randint(50, 800),
+        max_down=rng.choice(
+            ((node_count - 1) // 2,) * 6 + (node_count - 1, node_count, node_count)
+        ),
+        padding_bytes=rng.choice(((0,), (0, 0, 40), (0, 200, 1000))),
     )

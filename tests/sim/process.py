@@ -73,6 +73,10 @@ class NodeProcess(Protocol):
         empty and waiting for its leader when ``voters`` is empty (a joiner)."""
         ...
 
+    def remove_group(self, group: int) -> None:
+        """Stop hosting ``group`` and delete its replica (log and state)."""
+        ...
+
     def propose(self, group: int, data: bytes) -> None:
         """Raises a ``RaftError`` when refused; the ack is reported to the
         checker once the proposer learns the entry was applied."""

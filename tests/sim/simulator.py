@@ -152,6 +152,16 @@ class Simulator:
         slot.iteration_scheduled = False
         self._schedule_tick(slot, slot.generation)
 
+    def remove_group(self, node_id: str, group: int) -> None:
+        """``node_id`` stops hosting ``group`` and deletes its replica."""
+        self.note(f"remove group {group} from {node_id}")
+        del self.hosting[node_id][group]
+        process = self.slots[node_id].process
+        assert process is not None
+        process.remove_group(group)
+        self.checker.reset_applied(node_id, group, 0)
+        self.wake(node_id)
+
     def crash(self, node_id: str, reason: str) -> None:
         slot = self.slots[node_id]
         if slot.process is None:

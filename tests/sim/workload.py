@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastpaca.errors import RaftError
-from fastpaca.raft.messages import ConfChange, ConfChangeOp
+from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
 
 if TYPE_CHECKING:
     from .process import NodeProcess
@@ -29,6 +29,13 @@ class Workload:
         self._proposals = 0
         self._reads = 0
         self.transfers = 0
+        self._removing: set[tuple[int, str]] = set()
+        """(group, node) whose REMOVE was proposed: once applied on the leader,
+        the node may delete its replica (a node merely not yet added may not)."""
+        self._wiped: set[tuple[int, str]] = set()
+        """(group, node) whose replica was deleted: that node id never rejoins
+        the group, since an empty replica re-created under an old id breaks
+        Raft (FINDINGS.md, 2 and 3)."""
 
     def start(self) -> None:
         p = self._params
@@ -92,13 +99,16 @@ class Workload:
             return
         node_id, process = found
         self._proposals += 1
-        data = f"g{group}.{self._proposals}".encode()
+        padding = self._sim.rng.choice(self._params.padding_bytes)
+        data = f"g{group}.{self._proposals}".encode() + b"." * padding
         try:
             process.propose(group, data)
         except RaftError as exc:
-            self._sim.note(f"propose {data.decode()} to {node_id} refused: {type(exc).__name__}")
+            self._sim.note(
+                f"propose g{group}.{self._proposals} to {node_id} refused: {type(exc).__name__}"
+            )
             return
-        self._sim.note(f"propose {data.decode()} to {node_id}")
+        self._sim.note(f"propose g{group}.{self._proposals} to {node_id}")
         self._sim.wake(node_id)
 
     def _read(self) -> None:
@@ -153,12 +163,16 @@ class Workload:
         node_id, process = found
         view = process.view(group)
         assert view is not None
-        change = self._next_change(view.conf_state.voters, view.conf_state.learners)
+        self._drop_removed_replicas(group, view.conf_state)
+        change = self._next_change(group, view.conf_state.voters, view.conf_state.learners)
         if change is None:
             return
+        if change.op is ConfChangeOp.REMOVE:
+            self._removing.add((group, change.node_id))
         if change.op is ConfChangeOp.ADD_LEARNER:
             if self._sim.process(change.node_id) is None:
                 return  # its machine is down: an operator would wait
+            self._removing.discard((group, change.node_id))
             self._sim.ensure_group(change.node_id, group, ())
         self._sim.note(
             f"conf change group {group} via {node_id}: {change.op.name} {change.node_id}"
@@ -170,12 +184,29 @@ class Workload:
             return
         self._sim.wake(node_id)
 
-    def _next_change(self, voters: tuple[str, ...], learners: tuple[str, ...]) -> ConfChange | None:
+    def _drop_removed_replicas(self, group: int, conf: ConfState) -> None:
+        """Like the coordinator: a node whose removal is applied on the leader
+        (so committed) deletes its replica, sometimes."""
+        sim = self._sim
+        members = set(conf.voters) | set(conf.learners)
+        for node_id in sorted(sim.hosting):
+            hosted = group in sim.hosting[node_id]
+            up = sim.process(node_id) is not None
+            removed = (group, node_id) in self._removing and node_id not in members
+            if hosted and removed and up and sim.rng.random() < 0.7:
+                sim.remove_group(node_id, group)
+                self._wiped.add((group, node_id))
+
+    def _next_change(
+        self, group: int, voters: tuple[str, ...], learners: tuple[str, ...]
+    ) -> ConfChange | None:
         """Walk membership through learner → voter → remove, keeping 2 to 4 voters."""
         rng = self._sim.rng
         if learners:
             return ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=rng.choice(sorted(learners)))
-        outsiders = sorted(set(self._params.node_ids) - set(voters))
+        outsiders = sorted(
+            n for n in set(self._params.node_ids) - set(voters) if (group, n) not in self._wiped
+        )
         if len(voters) > 3 or (len(voters) == 3 and not outsiders):
             return ConfChange(op=ConfChangeOp.REMOVE, node_id=rng.choice(sorted(voters)))
         if outsiders:
