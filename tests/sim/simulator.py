@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fastpaca.raft.messages import ConfState, Entry, EntryType
+from fastpaca.raft.messages import Entry, EntryType
 
-from .checker import InvariantChecker, InvariantViolation
+from .checker import InvariantChecker
+from .convergence import check_final_state, convergence_problem
 from .disk import DiskFault
 from .events import EventQueue
 from .faults import FaultSchedule
@@ -300,12 +301,12 @@ class Simulator:
         deadline_ms = self.queue.now_ms + self.params.liveness_ms_max
         while True:
             self._run_until(self.queue.now_ms + CONVERGE_CHECK_MS)
-            problem = self.convergence_problem()
+            problem = convergence_problem(self)
             if problem is None:
                 break
             if self.queue.now_ms >= deadline_ms:
                 raise SimulationFailure(f"no convergence within liveness window: {problem}")
-        self._check_final_state()
+        check_final_state(self)
         return SimResult(
             seed=self.seed,
             level=self.level.name,
@@ -325,80 +326,6 @@ class Simulator:
             if slot.process is None:
                 self.restart(node_id)
             self.resume(node_id)
-
-    # --- convergence ---------------------------------------------------------
-
-    def members(self, group: int) -> tuple[str, ConfState] | None:
-        """The group's single leader and its membership, if there is one."""
-        leaders = []
-        for node_id in self.up_nodes():
-            process = self.slots[node_id].process
-            assert process is not None
-            view = process.view(group)
-            if view is not None and view.is_leader:
-                leaders.append((node_id, view))
-        if len(leaders) != 1:
-            return None
-        return leaders[0][0], leaders[0][1].conf_state
-
-    def convergence_problem(self) -> str | None:
-        for group in range(self.params.group_count):
-            found = self.members(group)
-            if found is None:
-                return f"group {group} has no single leader"
-            leader_id, conf = found
-            leader = self.slots[leader_id].process
-            assert leader is not None
-            lead_view = leader.view(group)
-            assert lead_view is not None
-            if lead_view.commit_index != lead_view.last_index:
-                return f"group {group}: leader commit {lead_view.commit_index} < last"
-            state = leader.applied_state(group)
-            for member in sorted((*conf.voters, *conf.learners)):
-                process = self.slots[member].process
-                view = process.view(group) if process is not None else None
-                if process is None or view is None:
-                    return f"group {group}: member {member} does not host it"
-                if view.applied_index != lead_view.last_index or view.leader_id != leader_id:
-                    return (
-                        f"group {group}: {member} applied {view.applied_index}/"
-                        f"{lead_view.last_index}, leader {view.leader_id}"
-                    )
-                if process.applied_state(group) != state:
-                    return f"group {group}: {member} state differs from leader {leader_id}"
-        return None
-
-    def _check_final_state(self) -> None:
-        """Every member of every group holds exactly the state the committed
-        log produces, which contains every acknowledged proposal, and every
-        proposer was told the result that log order implies."""
-        for group in range(self.params.group_count):
-            found = self.members(group)
-            assert found is not None
-            leader_id, conf = found
-            leader = self.slots[leader_id].process
-            assert leader is not None
-            view = leader.view(group)
-            assert view is not None
-            log = self.checker.committed_log(group, view.applied_index)
-            expected, results = self.level.reference_state(group, log)
-            for member in sorted((*conf.voters, *conf.learners)):
-                process = self.slots[member].process
-                assert process is not None
-                if process.applied_state(group) != expected:
-                    raise InvariantViolation(
-                        f"state machine safety: group {group} on {member} differs from "
-                        f"the committed log through {view.applied_index}"
-                    )
-            lost = self.checker.acked_beyond(group, view.applied_index)
-            if lost:
-                raise InvariantViolation(f"durability: group {group} lost acked {lost[:5]}")
-            for (g, index), result in sorted(self.checker.ack_results.items()):
-                if g == group and results.get(index) != result:
-                    raise InvariantViolation(
-                        f"results: group {group} index {index} acked with {result!r}, "
-                        f"log order gives {results.get(index)!r}"
-                    )
 
     def _stats(self) -> dict[str, int]:
         net = self.network.stats
