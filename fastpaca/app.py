@@ -23,18 +23,22 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fastpaca.cluster.node import ClusterNode
+from fastpaca.cluster.setup import ClusterSettings, cluster_settings
+from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
 from fastpaca.config import Settings
 from fastpaca.errors import ConfigError
 from fastpaca.observability.health import Readiness, every_group_has_leader
 from fastpaca.observability.metrics import Metrics
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
-from fastpaca.raft.transport_memory import InMemoryHub, InMemoryTransport
+from fastpaca.raft.transport import Transport
+from fastpaca.raft.transport_memory import InMemoryHub
 from fastpaca.sdnotify import notify
 from fastpaca.store.effects import EffectHub
 from fastpaca.store.fsm import ConversationStateMachine
 from fastpaca.store.reads import StoreReader
-from fastpaca.store.runtime import ConversationRuntime, wall_clock_ms
+from fastpaca.store.runtime import ConversationRuntime, RaftEngine, wall_clock_ms
 from fastpaca.web.openapi import openapi_json
 from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
 from fastpaca.web.server import IN_FLIGHT_KEY, build_web_app
@@ -61,6 +65,7 @@ class Node:
     effects: EffectHub
     readiness: Readiness
     metrics: Metrics
+    cluster: ClusterNode | None = None
 
 
 NODE_KEY = web.AppKey("node", Node)
@@ -74,45 +79,92 @@ def create_app(
 ) -> web.Application:
     """The node's application; nothing runs until aiohttp starts it. Raises
     ``ConfigError`` when the data directory cannot be used."""
+    cluster_config = cluster_settings(settings)
     data_dir = _prepare_data_dir(settings.raft_data_dir)
+    if cluster_config is not None:  # the node id is our CLUSTER_NODES / DNS name
+        settings = settings.model_copy(update={"node_name": cluster_config.me.node_id})
     node_id = _resolve_node_id(settings, data_dir)
     kv = _open_kv(data_dir)
     try:
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
         fsm = ConversationStateMachine(kv, effect_sink=effects)
-        transport = InMemoryHub().transport(node_id)  # a cluster of one: no peers
+        transport: Transport
+        if cluster_config is None:
+            transport = InMemoryHub().transport(node_id)  # a cluster of one: no peers
+        else:
+            transport = WebSocketTransport(node_id=node_id, secret=cluster_config.secret)
         driver = RaftDriver(
             node_id=node_id,
             kv=kv,
             state_machine=fsm,
             transport=transport,
-            config=driver_config or DriverConfig(),
+            config=driver_config or _driver_config(settings),
         )
-        runtime = ConversationRuntime(
-            engine=driver,
-            reader=StoreReader(kv),
-            group_count=settings.raft_groups,
-            request_timeout_s=settings.request_timeout_ms / 1000,
-            clock_ms=clock_ms,
-            observer=metrics,
-        )
-        readiness.add_check(every_group_has_leader(driver))
+
+        def make_runtime(engine: RaftEngine) -> ConversationRuntime:
+            return ConversationRuntime(
+                engine=engine,
+                reader=StoreReader(kv),
+                group_count=settings.raft_groups,
+                request_timeout_s=settings.request_timeout_ms / 1000,
+                clock_ms=clock_ms,
+                observer=metrics,
+            )
+
+        runtime = make_runtime(driver)
+        cluster = None
+        if isinstance(transport, WebSocketTransport) and cluster_config is not None:
+            cluster = _cluster_node(cluster_config, settings, driver, transport, make_runtime)
+            readiness.add_check(cluster.readiness)
+            metrics.watch_cluster(cluster.numbers)
+        else:
+            readiness.add_check(every_group_has_leader(driver))
         metrics.watch_raft(driver.stats)
         app = build_web_app(
             metrics=metrics,
             max_body_bytes=settings.max_body_bytes,
             rate_limit_rps=settings.rate_limit_rps,
         )
-        app[RUNTIME_KEY] = runtime
+        app[RUNTIME_KEY] = runtime if cluster is None else cluster.conversations
         app[READINESS_KEY] = readiness
         app[OPENAPI_KEY] = openapi_json()
-        app[NODE_KEY] = Node(node_id, kv, driver, runtime, effects, readiness, metrics)
+        app[NODE_KEY] = Node(node_id, kv, driver, runtime, effects, readiness, metrics, cluster)
+        if cluster is not None:
+            add_cluster_route(app, cluster.transport)
     except BaseException:
         kv.close()
         raise
     app.cleanup_ctx.append(_storage_ctx(kv))
-    app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups))
+    if cluster is None:
+        app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups))
+    else:
+        app.cleanup_ctx.append(_cluster_ctx(driver, cluster))
     return app
+
+
+def _driver_config(settings: Settings) -> DriverConfig:
+    return DriverConfig(
+        compact_threshold_entries=settings.raft_compact_threshold,
+        compact_keep_entries=min(settings.raft_compact_keep, settings.raft_compact_threshold - 1),
+    )
+
+
+def _cluster_node(
+    config: ClusterSettings,
+    settings: Settings,
+    driver: RaftDriver,
+    transport: WebSocketTransport,
+    make_runtime: Callable[[RaftEngine], ConversationRuntime],
+) -> ClusterNode:
+    return ClusterNode(
+        config,
+        driver=driver,
+        transport=transport,
+        data_dir=settings.raft_data_dir,
+        group_count=settings.raft_groups,
+        request_timeout_s=settings.request_timeout_ms / 1000,
+        make_runtime=make_runtime,
+    )
 
 
 def _prepare_data_dir(path: Path) -> Path:
@@ -168,7 +220,7 @@ def _storage_ctx(kv: LevelDBKV) -> Callable[[web.Application], AsyncIterator[Non
 
 
 def _raft_ctx(
-    driver: RaftDriver, transport: InMemoryTransport, node_id: str, group_count: int
+    driver: RaftDriver, transport: Transport, node_id: str, group_count: int
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def raft(app: web.Application) -> AsyncIterator[None]:
         await transport.start()
@@ -182,6 +234,30 @@ def _raft_ctx(
         yield
         await driver.stop(transfer_leadership=True)
         await transport.stop()
+
+    return raft
+
+
+def _cluster_ctx(
+    driver: RaftDriver, cluster: ClusterNode
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Groups come from the coordinator (bootstrap, placement), not from here.
+    Stop order: no more topology changes, hand our leaderships over (the
+    transport still runs, so the transfers reach the peers), then go quiet."""
+
+    async def raft(app: web.Application) -> AsyncIterator[None]:
+        await driver.start()  # subscribes to the transport before it connects
+        await cluster.start()
+        await cluster.transport.start()
+        _log.info(
+            "raft started (clustered)",
+            extra={"type": "raft.started", "node_id": cluster.node_id},
+        )
+        yield
+        await cluster.stop_planning()
+        await driver.stop(transfer_leadership=True)
+        await cluster.stop()
+        await cluster.transport.stop()
 
     return raft
 

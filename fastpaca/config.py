@@ -47,6 +47,10 @@ _EXPECTS: dict[str, str] = {
     "FASTPACA_RAFT_GROUPS": "an integer from 1 to 65536",
     "FASTPACA_REQUEST_TIMEOUT_MS": "a positive integer (milliseconds)",
     "FASTPACA_NODE_DOWN_GRACE_MS": "a positive integer (milliseconds)",
+    "FASTPACA_DNS_RESOLVER": "host or host:port of a DNS server",
+    "FASTPACA_CLUSTER_BOOTSTRAP_EXPECT": "a positive integer (nodes)",
+    "FASTPACA_RAFT_COMPACT_THRESHOLD": "an integer >= 2 (log entries)",
+    "FASTPACA_RAFT_COMPACT_KEEP": "an integer >= 1 (log entries)",
 }
 _SECRET_VARIABLES = frozenset({"FASTPACA_CLUSTER_SECRET", "DATABASE_URL", "FASTPACA_POSTGRES_URL"})
 
@@ -66,10 +70,18 @@ class Settings(BaseSettings):
     dns_poll_interval_ms: int = Field(5000, alias="DNS_POLL_INTERVAL_MS", gt=0)
     cluster_secret: SecretStr | None = Field(None, alias="FASTPACA_CLUSTER_SECRET")
     node_down_grace_ms: int = Field(60_000, alias="FASTPACA_NODE_DOWN_GRACE_MS", gt=0)
+    dns_resolver: str | None = Field(None, alias="FASTPACA_DNS_RESOLVER", min_length=1)
+    """DNS server for DNS_CLUSTER_QUERY instead of the system's (``host`` or ``host:port``)."""
+    cluster_bootstrap_expect: int = Field(3, alias="FASTPACA_CLUSTER_BOOTSTRAP_EXPECT", gt=0)
+    """With DNS discovery: nodes that must be up before the first bootstrap."""
 
     # Storage and Raft.
     raft_data_dir: Path = Field(Path("priv/raft"), alias="FASTPACA_RAFT_DATA_DIR")
     raft_groups: int = Field(256, alias="FASTPACA_RAFT_GROUPS", ge=1, le=65536)
+    raft_compact_threshold: int = Field(20_000, alias="FASTPACA_RAFT_COMPACT_THRESHOLD", ge=2)
+    """Compact a group's log once it holds more applied entries than this."""
+    raft_compact_keep: int = Field(5_000, alias="FASTPACA_RAFT_COMPACT_KEEP", ge=1)
+    """Entries kept below the applied index at compaction, for slow followers."""
 
     # Archive (DESIGN section 4).
     archiver_enabled: bool = Field(False, alias="FASTPACA_ARCHIVER_ENABLED")

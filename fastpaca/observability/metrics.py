@@ -9,7 +9,8 @@ stats at scrape time. It serves nothing itself: ``web/rest.py`` renders
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -17,6 +18,9 @@ from prometheus_client.registry import Collector
 
 from fastpaca.raft.stats import RaftStats
 from fastpaca.store.messages import PreparedMessage
+
+if TYPE_CHECKING:  # the cluster package imports the app's pieces; avoid a cycle
+    from fastpaca.cluster.node import ClusterNumbers
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -108,6 +112,11 @@ class Metrics:
         """Export the Raft series, read from the driver's ``stats`` on every scrape."""
         self.registry.register(_RaftCollector(stats))
 
+    def watch_cluster(self, numbers: Callable[[], ClusterNumbers]) -> None:
+        """Export the cluster series (peers, routing, per-peer transport), read
+        from ``numbers()`` on every scrape."""
+        self.registry.register(_ClusterCollector(numbers))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -173,4 +182,75 @@ def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
         "Time from propose to apply of this node's proposals.",
         buckets=buckets,
         sum_value=histogram.total_s,
+    )
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, numbers: Callable[[], ClusterNumbers]) -> None:
+        self._numbers = numbers
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        numbers = self._numbers()
+        yield GaugeMetricFamily(
+            "fastpaca_cluster_peers_connected", "Peers with an authenticated connection.",
+            value=numbers.peers_connected,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "fastpaca_cluster_peers_known", "Other nodes this node knows of.",
+            value=numbers.peers_known,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "fastpaca_cluster_coordinator", "1 while this node is the coordinator.",
+            value=int(numbers.is_coordinator),
+        )  # fmt: skip
+        routing = numbers.routing
+        yield CounterMetricFamily(
+            "fastpaca_cluster_forwarded_requests",
+            "Requests this node forwarded to another node's group leader.",
+            value=routing.forwarded,
+        )
+        yield CounterMetricFamily(
+            "fastpaca_cluster_served_for_peers",
+            "Requests other nodes forwarded to this node as leader.",
+            value=routing.served_for_peers,
+        )
+        yield CounterMetricFamily(
+            "fastpaca_cluster_request_retries",
+            "Request attempts retried after a redirect, a lost peer or a timeout.",
+            value=routing.retries,
+        )
+        actions = CounterMetricFamily(
+            "fastpaca_cluster_coordinator_actions",
+            "Topology actions this node ran as coordinator.", labels=["outcome"],
+        )  # fmt: skip
+        actions.add_metric(["done"], numbers.coordinator_actions_done)
+        actions.add_metric(["failed"], numbers.coordinator_actions_failed)
+        yield actions
+        yield from _transport_families(numbers)
+
+
+def _transport_families(numbers: ClusterNumbers) -> Iterator[CounterMetricFamily]:
+    stats = numbers.transport
+    per_peer = {
+        "messages_sent": "Payloads sent to the peer.",
+        "bytes_sent": "Payload bytes sent to the peer.",
+        "messages_received": "Payloads received from the peer.",
+        "bytes_received": "Payload bytes received from the peer.",
+        "drops": "Payloads not sent (peer down, queue full).",
+        "connects": "Connections established with the peer.",
+    }
+    for field, help_text in per_peer.items():
+        family = CounterMetricFamily(
+            f"fastpaca_cluster_transport_{field}", help_text, labels=["peer"]
+        )
+        for peer, peer_stats in sorted(stats.peers.items()):
+            family.add_metric([peer], getattr(peer_stats, field))
+        yield family
+    yield CounterMetricFamily(
+        "fastpaca_cluster_transport_auth_failures",
+        "Peer connections refused for failing the secret handshake.",
+        value=stats.auth_failures,
     )

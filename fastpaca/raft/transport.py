@@ -22,6 +22,8 @@ class Channel:
     RAFT = 1
     RPC = 2
     PUBSUB = 3
+    STATUS = 4
+    """Each node's periodic status (groups hosted and led): ``cluster/gossip.py``."""
 
 
 FrameHandler = Callable[[str, bytes], None]

@@ -15,7 +15,7 @@ from fastpaca.observability.health import Readiness
 from fastpaca.observability.metrics import CONTENT_TYPE, Metrics
 from fastpaca.store.reads import StoredMessage
 from fastpaca.store.results import AppendApplied, AppendedItem
-from fastpaca.store.runtime import ConversationRuntime
+from fastpaca.store.service import ConversationService
 from fastpaca.store.state import ConversationState, format_timestamp
 from fastpaca.web.schemas import (
     PAGE_LIMIT_MAX,
@@ -42,7 +42,7 @@ __all__ = [
     "tail_messages",
 ]
 
-RUNTIME_KEY = web.AppKey("runtime", ConversationRuntime)
+RUNTIME_KEY: web.AppKey[ConversationService] = web.AppKey("runtime")
 METRICS_KEY = web.AppKey("metrics", Metrics)
 READINESS_KEY = web.AppKey("readiness", Readiness)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
