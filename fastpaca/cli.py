@@ -14,7 +14,7 @@ import logging
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -73,7 +73,8 @@ def _serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings))
     except ConfigError as exc:
         return _config_error(exc)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
@@ -82,6 +83,17 @@ def _serve(settings: Settings) -> int:
         _log.critical("node crashed", exc_info=True, extra={"type": "server.crashed"})
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: it roughly halves the event loop's and the
+    sockets' share of each request. The default loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _healthcheck(settings: Settings) -> int:
