@@ -167,6 +167,14 @@ class _RaftCollector(Collector):
             "fastpaca_raft_messages_dropped", "Inbound Raft messages dropped as invalid.",
             value=stats.messages_dropped,
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "fastpaca_raft_snapshots_sent", "Snapshots this node sent to lagging replicas.",
+            value=stats.snapshots_sent,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "fastpaca_raft_snapshots_installed", "Snapshots this node installed.",
+            value=stats.snapshots_installed,
+        )  # fmt: skip
         yield _latency_family(stats)
 
 
