@@ -152,3 +152,10 @@ def test_sample_file_loads_as_a_config_file(monkeypatch: pytest.MonkeyPatch) -> 
     sample = Path(__file__).parent.parent / "config" / "fastpaca.example.env"
     monkeypatch.setenv("FASTPACA_CONFIG_FILE", str(sample))
     assert _by_alias(load_settings()) == _by_alias(Settings())
+
+
+def test_readme_table_lists_every_option() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    missing = {alias for alias in aliases if f"`{alias}`" not in readme}
+    assert not missing, missing
