@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from fastpaca.errors import NotLeader
 from fastpaca.raft.codec import decode_conf_change, encode_conf_change
-from fastpaca.raft.core import RaftConfig, RaftNode
+from fastpaca.raft.core import RaftNode
 from fastpaca.raft.messages import (
     ConfChange,
     ConfChangeOp,
@@ -33,6 +33,7 @@ from fastpaca.raft.ready import Ready, Role
 from fastpaca.raft.storage import MemoryStorage
 
 from .checker import InvariantViolation
+from .params import raft_config
 from .process import CrashPoint, GroupView, ProcessCrashed, Send
 
 if TYPE_CHECKING:
@@ -84,15 +85,7 @@ class CoreProcess:
 
     def _start_core(self, group: int) -> None:
         gd = self._disk.groups[group]
-        config = RaftConfig(
-            node_id=self.node_id,
-            group_id=group,
-            election_timeout_ticks=10,
-            heartbeat_interval_ticks=1,
-            max_msg_bytes=self._level.max_msg_bytes,
-            max_inflight_msgs=self._level.max_inflight_msgs,
-            applied_index=gd.applied_index,
-        )
+        config = raft_config(self._sim.params, self.node_id, group, gd.applied_index)
         rng = random.Random(self._sim.rng.getrandbits(64))
         self._cores[group] = RaftNode(config, gd.storage, rng)
         self._sim.checker.reset_applied(self.node_id, group, gd.applied_index)
@@ -251,10 +244,12 @@ class CoreProcess:
                     if items is None:
                         continue  # superseded by a newer snapshot: the core retries
                 outbox.setdefault(msg.to, []).append(Envelope(msg, items))
-        for peer in sorted(outbox):
-            send(peer, tuple(outbox[peer]))
+        unreachable = {peer for peer in sorted(outbox) if not send(peer, tuple(outbox[peer]))}
         for core, peer, streamed in snapshots_sent:
-            core.report_snapshot(peer, streamed)
+            core.report_snapshot(peer, streamed and peer not in unreachable)
+        for peer in sorted(unreachable):
+            for core in self._cores.values():
+                core.report_unreachable(peer)
 
     def _fresh_snapshot(self, group: int, msg: Message) -> Message:
         """Send the state as applied now rather than the core's older snapshot
@@ -317,8 +312,6 @@ class CoreLevel:
     def __init__(self, sim: Simulator, *, send_before_persist: bool = False) -> None:
         self._sim = sim
         self.send_before_persist = send_before_persist
-        self.max_inflight_msgs = sim.rng.choice((1, 4, 64))
-        self.max_msg_bytes = sim.rng.choice((16, 256, 1 << 20))
 
     def new_durable(self, node_id: str) -> object:
         return CoreDisk()

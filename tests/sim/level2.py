@@ -16,7 +16,6 @@ import os
 import random
 from typing import TYPE_CHECKING
 
-from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.host import HostConfig, Iteration, IterationResult, NodeHost
 from fastpaca.raft.kv import MemoryKV, WriteBatch
 from fastpaca.raft.messages import ConfChange, Entry
@@ -25,6 +24,7 @@ from fastpaca.raft.storage import CompactedError
 from fastpaca.raft.testing import KVStateMachine, put_command
 
 from .disk import DiskFault, SimDisk
+from .params import raft_config
 from .process import CrashPoint, GroupView, ProcessCrashed, Send
 
 if TYPE_CHECKING:
@@ -48,14 +48,7 @@ class HostProcess:
         self._disk = disk
         self._sim = sim
         self._sm = KVStateMachine(disk)
-        template = RaftConfig(
-            node_id=node_id,
-            group_id=0,
-            election_timeout_ticks=10,
-            heartbeat_interval_ticks=1,
-            max_msg_bytes=level.max_msg_bytes,
-            max_inflight_msgs=level.max_inflight_msgs,
-        )
+        template = raft_config(sim.params, node_id, 0, 0)
         rng = random.Random(sim.rng.getrandbits(64))
         self._host = NodeHost(node_id, disk, self._sm, template, rng, level.host_config)
         self._pending: dict[tuple[int, int], tuple[int, bytes]] = {}
@@ -118,11 +111,12 @@ class HostProcess:
         self._observe_written(iteration)
         if crash_at == CrashPoint.AFTER_WRITE and writes:
             raise ProcessCrashed
-        for peer, frame in sorted(iteration.frames().items()):
-            send(peer, frame)
+        unreachable = [p for p, frame in sorted(iteration.frames().items()) if not send(p, frame)]
         if crash_at == CrashPoint.AFTER_SEND and applies:
             raise ProcessCrashed
         self._observe_result(host.finish(iteration))
+        for peer in unreachable:  # as the production driver does after finish
+            host.peer_unreachable(peer)
         return host.has_work()
 
     def _observe_written(self, iteration: Iteration) -> None:
@@ -207,8 +201,6 @@ class HostLevel:
         self._directory = directory
         self._lie_about_sync = lie_about_sync
         rng = sim.rng
-        self.max_inflight_msgs = rng.choice((1, 4, 64))
-        self.max_msg_bytes = rng.choice((64, 512, 1 << 20))
         threshold = rng.choice((6, 12, 40, 20_000))
         self.host_config = HostConfig(
             snapshot_chunk_bytes=rng.choice((24, 200, 256 * 1024)),

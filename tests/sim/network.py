@@ -71,18 +71,21 @@ class SimNetwork:
 
     # --- traffic -----------------------------------------------------------
 
-    def send(self, sender: str, receiver: str, payload: object) -> None:
+    def send(self, sender: str, receiver: str, payload: object) -> bool:
+        """Queue ``payload``; False when the link is cut (the sender's
+        transport would see its connection down), True even if it is lost."""
         self.stats.sent += 1
         if self.is_blocked(sender, receiver):
             self.stats.cut += 1
-            return
+            return False
         if self.faults_enabled and self._rng.random() < self._params.drop_rate:
             self.stats.dropped += 1
-            return
+            return True
         self._schedule(sender, receiver, payload)
         if self.faults_enabled and self._rng.random() < self._params.duplicate_rate:
             self.stats.duplicated += 1
             self._schedule(sender, receiver, payload)
+        return True
 
     def _schedule(self, sender: str, receiver: str, payload: object) -> None:
         delay_ms = self._params.latency_ms_by_link[(sender, receiver)]

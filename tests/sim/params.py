@@ -12,7 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["SimParams", "draw_params"]
+from fastpaca.raft.core import RaftConfig
+
+__all__ = ["SimParams", "draw_params", "raft_config"]
 
 TICK_MS = 10
 """Nominal period of a node's tick: the core counts election and heartbeat
@@ -61,6 +63,13 @@ class SimParams:
     outage must recover)."""
     padding_bytes: tuple[int, ...]
     """Extra bytes a proposal may carry (batching and chunking limits)."""
+    election_timeout_ticks: int
+    heartbeat_interval_ticks: int
+    max_inflight_msgs: int
+    """Pipelining window; 1 makes every follower stop-and-wait."""
+    max_msg_bytes: int
+    max_uncommitted_bytes: int
+    """Small values make leaders refuse proposals (ProposalDropped)."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -106,4 +115,23 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
             ((node_count - 1) // 2,) * 6 + (node_count - 1, node_count, node_count)
         ),
         padding_bytes=rng.choice(((0,), (0, 0, 40), (0, 200, 1000))),
+        election_timeout_ticks=rng.choice((6, 10, 10, 20)),
+        heartbeat_interval_ticks=rng.choice((1, 1, 2)),
+        max_inflight_msgs=rng.choice((1, 4, 64)),
+        max_msg_bytes=rng.choice((64, 512, 1 << 20)),
+        max_uncommitted_bytes=rng.choice((2048, 64 << 20, 64 << 20)),
+    )
+
+
+def raft_config(params: SimParams, node_id: str, group_id: int, applied_index: int) -> RaftConfig:
+    """The core configuration every node of the run uses."""
+    return RaftConfig(
+        node_id=node_id,
+        group_id=group_id,
+        election_timeout_ticks=params.election_timeout_ticks,
+        heartbeat_interval_ticks=params.heartbeat_interval_ticks,
+        max_msg_bytes=params.max_msg_bytes,
+        max_inflight_msgs=params.max_inflight_msgs,
+        max_uncommitted_bytes=params.max_uncommitted_bytes,
+        applied_index=applied_index,
     )

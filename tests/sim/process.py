@@ -18,8 +18,10 @@ from fastpaca.raft.messages import ConfChange, ConfState
 
 __all__ = ["CrashPoint", "GroupView", "NodeProcess", "ProcessCrashed", "Send"]
 
-Send = Callable[[str, object], None]
-"""Hand (peer, payload) to the network."""
+Send = Callable[[str, object], bool]
+"""Hand (peer, payload) to the network. False when the transport knows the
+peer is unreachable (down, or the link is cut), as a real connection would;
+random loss is silent. The driver then reports the peer unreachable."""
 
 
 class ProcessCrashed(Exception):

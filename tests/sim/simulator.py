@@ -226,8 +226,10 @@ class Simulator:
             return  # resume() wakes it
         node_id = slot.node_id
 
-        def send(peer: str, payload: object) -> None:
-            self.network.send(node_id, peer, payload)
+        def send(peer: str, payload: object) -> bool:
+            if self.slots[peer].process is None:
+                return False  # the connection to a crashed node is down
+            return self.network.send(node_id, peer, payload)
 
         try:
             more = process.iterate(send, slot.crash_at)

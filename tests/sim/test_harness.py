@@ -71,9 +71,9 @@ def test_two_way_split_cuts_both_directions_and_heal_restores() -> None:
     net, queue, got = _network(1)
     net.faults_enabled = False
     net.split(["n1"], one_way=False)
-    net.send("n1", "n2", "out")
-    net.send("n2", "n1", "in")
-    net.send("n2", "n3", "other")
+    assert not net.send("n1", "n2", "out"), "a cut link is visible to the sender"
+    assert not net.send("n2", "n1", "in")
+    assert net.send("n2", "n3", "other")
     _drain(queue)
     assert [p for *_, p in got] == ["other"]
     net.heal()
