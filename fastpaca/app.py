@@ -47,7 +47,7 @@ __all__ = ["NODE_KEY", "Node", "create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 6.0
+DRAIN_TIMEOUT_S = 5.0
 """In-flight requests get this long after SIGTERM; with the driver's bounded
 stop the node exits well within DESIGN's 10 s."""
 STRAGGLER_TIMEOUT_S = 1.0

@@ -36,6 +36,8 @@ class GroupLeadership(Protocol):
 
 
 class Readiness:
+    """Ready when every registered check is; not ready once stopping."""
+
     def __init__(self) -> None:
         self._checks: list[ReadinessCheck] = []
         self._is_stopping = False

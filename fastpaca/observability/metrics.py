@@ -32,6 +32,9 @@ _FLUSH_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class Metrics:
+    """The node's series. Record through the methods or the attributes;
+    ``render`` is the /metrics body."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry

@@ -31,6 +31,8 @@ class StoredMessage:
 
 
 class StoreReader:
+    """Point reads and range scans of one node's applied state."""
+
     def __init__(self, kv: KVView) -> None:
         self._kv = kv
 

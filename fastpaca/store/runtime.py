@@ -80,6 +80,11 @@ def wall_clock_ms() -> int:
 
 
 class ConversationRuntime:
+    """The conversation API of a node whose groups are all local (the
+    ``store.service.ConversationService`` of a node running alone). Every
+    method raises the domain errors of ``fastpaca/errors.py``; ``Unavailable``
+    once the request deadline passes without a leader."""
+
     def __init__(
         self,
         *,
