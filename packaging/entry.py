@@ -1,6 +1,6 @@
-"""PyInstaller entry point: the frozen binary runs the CLI."""
+"""PyInstaller entry point: the frozen binary runs the CLI and exits with its code."""
 
 from fastpaca.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
