@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .simulator import Level, SimResult, SimulationFailure, Simulator
 
@@ -21,9 +22,17 @@ LevelFactory = Callable[[Simulator, str], Level]
 """Builds a level for a simulator, given a temp dir for its disks."""
 
 
-def run_one(seed: int, level_factory: LevelFactory, *, safety_ms: int) -> SimResult:
+def run_one(
+    seed: int,
+    level_factory: LevelFactory,
+    *,
+    safety_ms: int,
+    overrides: dict[str, Any] | None = None,
+) -> SimResult:
     with tempfile.TemporaryDirectory(prefix=f"fastpaca-sim-{seed}-") as directory:
-        sim = Simulator(seed, lambda s: level_factory(s, directory), safety_ms=safety_ms)
+        sim = Simulator(
+            seed, lambda s: level_factory(s, directory), safety_ms=safety_ms, overrides=overrides
+        )
         return sim.run()
 
 

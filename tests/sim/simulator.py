@@ -12,10 +12,11 @@ event order, so a seed replays exactly; ``Trace`` fingerprints the run.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastpaca.raft.messages import Entry, EntryType
 
@@ -95,10 +96,14 @@ class Simulator:
         level_factory: Callable[[Simulator], Level],
         *,
         safety_ms: int = DEFAULT_SAFETY_MS,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
+        """``overrides`` replaces drawn parameters (tests that need, say, a
+        crash-heavy run); the draws still happen, so the rest stay the same."""
         self.seed = seed
         self.rng = random.Random(seed)
-        self.params: SimParams = draw_params(seed, self.rng, safety_ms=safety_ms)
+        params = draw_params(seed, self.rng, safety_ms=safety_ms)
+        self.params: SimParams = dataclasses.replace(params, **(overrides or {}))
         self.queue = EventQueue()
         self.checker = InvariantChecker()
         self.trace = Trace()
