@@ -1,12 +1,17 @@
 """Topology commands one node executes when the coordinator asks.
 
-Owns the ``admin.*`` RPC methods: take part in the cluster bootstrap (or join
-its groups empty when we missed it), host a replica of a group (empty: it
-learns membership from the leader's log or snapshot), drop a replica, and, at
-a group's leader, propose a membership change or hand leadership over. Also
-owns the small record in the data directory saying whether this node ever
-took part in a cluster (``cluster_state.json``), which is what "blank" means
-to the bootstrap rule. It decides nothing: ``planner.py`` does.
+Owns the ``admin.*`` RPC methods: take part in the cluster bootstrap, host a
+replica of a group (empty: it learns membership from the leader's log or
+snapshot), drop a replica, and, at a group's leader, propose a membership
+change or hand leadership over. It decides nothing: ``planner.py`` does.
+
+The bootstrap has two phases so that one interrupted half-way can be
+finished without ever creating a group twice: ``prepare`` records the member
+list durably (no group yet); ``apply`` marks the record applied, then creates
+this node's groups with their initial voters. A node with a prepared record
+never took part in any election, so giving it the initial state later is
+exactly as if ``apply`` had arrived late. The record (``cluster_state.json``)
+is also what "blank" means: no record, never joined, no group.
 """
 
 from __future__ import annotations
@@ -44,17 +49,26 @@ class ClusterRecord:
             raw = orjson.loads(self._path.read_bytes())
         members = raw.get("bootstrap_members")
         self.bootstrap_members: tuple[str, ...] | None = None if members is None else tuple(members)
+        self.bootstrap_applied = bool(raw.get("bootstrap_applied", False))
         self.has_joined = bool(raw.get("joined", False))
 
-    def save(self, *, bootstrap_members: tuple[str, ...] | None, joined: bool) -> None:
-        """Record a bootstrap or a join (durably); what is recorded is never undone."""
+    def save(
+        self,
+        *,
+        bootstrap_members: tuple[str, ...] | None = None,
+        applied: bool = False,
+        joined: bool = False,
+    ) -> None:
+        """Record a bootstrap phase or a join (durably); nothing recorded is undone."""
         members = self.bootstrap_members or bootstrap_members
+        applied = self.bootstrap_applied or applied
         joined = self.has_joined or joined
-        if (members, joined) == (self.bootstrap_members, self.has_joined):
+        state = (members, applied, joined)
+        if state == (self.bootstrap_members, self.bootstrap_applied, self.has_joined):
             return
-        self.bootstrap_members, self.has_joined = members, joined
+        self.bootstrap_members, self.bootstrap_applied, self.has_joined = state
         body = orjson.dumps(
-            {"bootstrap_members": self.bootstrap_members, "joined": self.has_joined}
+            {"bootstrap_members": members, "bootstrap_applied": applied, "joined": joined}
         )
         temporary = self._path.with_suffix(".tmp")
         with open(temporary, "wb") as file:
@@ -104,23 +118,29 @@ class ClusterAdmin:
 
     async def _bootstrap(self, args: dict[str, Any]) -> None:
         members = tuple(sorted(args["members"]))
-        join_only = bool(args["join"])
         node_id = self._driver.host.node_id
         if node_id not in members:
             raise RemoteError("bad_request", f"{node_id} is not in the bootstrap {members}")
-        recorded = self._record.bootstrap_members
-        if recorded is not None and recorded != members:
-            raise RemoteError("conflict", f"already bootstrapped with {recorded}")
-        if self._record.bootstrap_members is None and not join_only and self._driver.group_ids():
-            raise RemoteError("conflict", "this node already hosts groups")
-        self._record.save(bootstrap_members=members, joined=False)
+        record = self._record
+        if record.bootstrap_members is not None and record.bootstrap_members != members:
+            raise RemoteError("conflict", f"already bootstrapped with {record.bootstrap_members}")
+        if args["phase"] == "prepare":
+            if record.bootstrap_members is None and (record.has_joined or self._driver.group_ids()):
+                raise RemoteError("conflict", "this node already takes part in a cluster")
+            record.save(bootstrap_members=members)
+            return
+        if record.bootstrap_members is None:
+            raise RemoteError("conflict", "bootstrap applied before it was prepared")
+        if record.bootstrap_applied:
+            return  # the groups were created (or are being): never twice
+        record.save(applied=True)
         for group_id in range(self._group_count):
             voters = bootstrap_voters(group_id, members)
             if node_id in voters:
-                self._driver.ensure_group(group_id, [] if join_only else voters)
+                self._driver.ensure_group(group_id, voters)
 
     async def _ensure(self, args: dict[str, Any]) -> None:
-        self._record.save(bootstrap_members=None, joined=True)
+        self._record.save(joined=True)
         self._driver.ensure_group(int(args["g"]), [])
 
     async def _drop(self, args: dict[str, Any]) -> None:

@@ -27,10 +27,10 @@ from fastpaca.cluster.gossip import Gossip
 from fastpaca.cluster.membership import Membership
 from fastpaca.cluster.planner import (
     AddLearner,
+    ApplyBootstrap,
     Bootstrap,
     ClusterView,
     DropReplica,
-    JoinBootstrap,
     PlannedAction,
     Promote,
     RemoveMember,
@@ -109,7 +109,7 @@ class Coordinator:
         for action in plan(view):
             if len(self._tasks) >= self._config.max_concurrent_actions:
                 break
-            key = _BOOTSTRAP if isinstance(action, Bootstrap | JoinBootstrap) else action.group_id
+            key = _BOOTSTRAP if isinstance(action, Bootstrap | ApplyBootstrap) else action.group_id
             if key in self._busy:
                 continue
             self._busy[key] = float("inf")
@@ -132,14 +132,14 @@ class Coordinator:
         match action:
             case Bootstrap(members):
                 _log.info("cluster: bootstrapping with %s", members)
-                await asyncio.gather(
-                    *(
-                        self._call(m, "admin.bootstrap", members=members, join=False)
+                for phase in ("prepare", "apply"):  # every member prepared before any applies
+                    calls = [
+                        self._call(m, "admin.bootstrap", members=members, phase=phase)
                         for m in members
-                    )
-                )
-            case JoinBootstrap(node, members):
-                await self._call(node, "admin.bootstrap", members=members, join=True)
+                    ]
+                    await asyncio.gather(*calls)
+            case ApplyBootstrap(node, members):
+                await self._call(node, "admin.bootstrap", members=members, phase="apply")
             case AddLearner(group_id, node, leader):
                 await self._call(node, "admin.ensure", g=group_id)
                 await self._conf(leader, group_id, ConfChangeOp.ADD_LEARNER, node)

@@ -186,6 +186,7 @@ class ClusterNode:
             address=(self._config.me.host, self._config.me.port),
             group_count=self._group_count,
             bootstrap_members=self._record.bootstrap_members,
+            bootstrap_applied=self._record.bootstrap_applied,
             has_joined=self._record.has_joined,
             members_view=tuple(sorted(self.membership.known())),
         )

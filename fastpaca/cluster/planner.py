@@ -12,9 +12,14 @@ Safety rules encoded here (see also README "Cluster"):
   every node reporting the same member list. The group → voters plan is then
   a pure function of that sorted member list, computed identically by every
   member, so two bootstraps of one group can only ever be identical.
-* A bootstrap that stopped half-way (coordinator died) is completed by telling
-  the blank members of the recorded bootstrap to *join* (empty membership):
-  never a second, different bootstrap.
+* A bootstrap that stopped half-way (coordinator died) is finished by sending
+  ``apply`` of the *recorded* member list to the members that prepared it
+  and did not apply it yet (``admin.py`` says why that is safe): never a
+  second, different bootstrap. A member that never prepared (or lost its
+  data) is blank: it gets no group from the bootstrap; see the next rule.
+* A voter whose node reports itself blank lost (or never had) its replica:
+  it is removed from the group (it must not vote with an empty log) and then
+  re-added the normal way, as a learner that catches up.
 * At most one action per group per round, and none for a group the executor
   still has busy; conf changes go through the group's leader one at a time.
 * A node is added as a learner, promoted only once caught up, and a voter is
@@ -34,10 +39,10 @@ from fastpaca.cluster.status import GroupReport, NodeStatus
 
 __all__ = [
     "AddLearner",
+    "ApplyBootstrap",
     "Bootstrap",
     "ClusterView",
     "DropReplica",
-    "JoinBootstrap",
     "PlannedAction",
     "Promote",
     "RemoveMember",
@@ -52,8 +57,8 @@ class Bootstrap:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinBootstrap:
-    """``node`` missed the bootstrap of ``members``: it joins its groups empty."""
+class ApplyBootstrap:
+    """``node`` prepared the bootstrap of ``members`` but did not apply it."""
 
     node: str
     members: tuple[str, ...]
@@ -94,7 +99,7 @@ class TransferLeader:
 
 
 PlannedAction = (
-    Bootstrap | JoinBootstrap | AddLearner | Promote | RemoveMember | DropReplica | TransferLeader
+    Bootstrap | ApplyBootstrap | AddLearner | Promote | RemoveMember | DropReplica | TransferLeader
 )
 
 
@@ -122,13 +127,14 @@ def plan(view: ClusterView) -> list[PlannedAction]:
     if bootstrap is not None:
         return bootstrap
     reports = _leader_reports(statuses)
+    blank = frozenset(node for node, status in statuses.items() if status.blank)
     actions: list[PlannedAction] = []
     settled: dict[int, GroupReport] = {}
     for group_id, (leader, report) in sorted(reports.items()):
         if group_id in view.busy_groups:
             continue
         desired = rendezvous_replicas(group_id, view.present, replication=view.replication)
-        action = _plan_group(view, group_id, leader, report, desired)
+        action = _plan_group(view, group_id, leader, report, desired, blank)
         if action is not None:
             actions.append(action)
         elif set(report.voters) == set(desired):
@@ -144,12 +150,12 @@ def _plan_bootstrap(
     """Bootstrap actions, ``[]`` to wait for the bootstrap, None once it is done."""
     recorded = [s.bootstrap_members for s in statuses.values() if s.bootstrap_members]
     if recorded:
-        members = recorded[0]
-        return [
-            JoinBootstrap(node, members)
-            for node in sorted(members)
-            if node in statuses and statuses[node].blank
-        ] or None
+        unapplied: list[PlannedAction] = [
+            ApplyBootstrap(node, status.bootstrap_members)
+            for node, status in sorted(statuses.items())
+            if status.bootstrap_members and not status.bootstrap_applied
+        ]
+        return unapplied or None
     if any(not s.blank for s in statuses.values()):
         return None  # groups exist (a node joined later): the cluster is running
     if set(statuses) != set(view.live):
@@ -174,9 +180,17 @@ def _leader_reports(statuses: Mapping[str, NodeStatus]) -> dict[int, tuple[str, 
 
 
 def _plan_group(
-    view: ClusterView, group_id: int, leader: str, report: GroupReport, desired: list[str]
+    view: ClusterView,
+    group_id: int,
+    leader: str,
+    report: GroupReport,
+    desired: list[str],
+    blank: frozenset[str],
 ) -> PlannedAction | None:
     voters, learners = set(report.voters), set(report.learners)
+    for member in sorted((voters | learners) & blank):
+        if member != leader:
+            return RemoveMember(group_id, member, leader)  # its replica is gone
     for learner in sorted(learners):
         if learner not in desired:
             return RemoveMember(group_id, learner, leader)

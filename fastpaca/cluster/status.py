@@ -43,6 +43,8 @@ class NodeStatus:
     the cluster's first bootstrap."""
     bootstrap_members: tuple[str, ...] | None
     """The member list of the bootstrap this node took part in, if any."""
+    bootstrap_applied: bool
+    """Its groups were created (else only prepared: see ``admin.py``)."""
     members_view: tuple[str, ...]
     """Every node this one knows of (the bootstrap waits until all agree)."""
     hosted: tuple[int, ...]
@@ -55,6 +57,7 @@ def build_status(
     address: tuple[str, int],
     group_count: int,
     bootstrap_members: tuple[str, ...] | None,
+    bootstrap_applied: bool,
     has_joined: bool,
     members_view: tuple[str, ...],
 ) -> NodeStatus:
@@ -87,6 +90,7 @@ def build_status(
         group_count=group_count,
         blank=not hosted and bootstrap_members is None and not has_joined,
         bootstrap_members=bootstrap_members,
+        bootstrap_applied=bootstrap_applied,
         members_view=members_view,
         hosted=hosted,
         led=led,
@@ -102,6 +106,7 @@ def encode_status(status: NodeStatus) -> bytes:
             "g": status.group_count,
             "b": status.blank,
             "bm": status.bootstrap_members,
+            "ba": status.bootstrap_applied,
             "mv": status.members_view,
             "hs": status.hosted,
             "l": {
@@ -134,6 +139,7 @@ def decode_status(data: bytes) -> NodeStatus:
             group_count=int(raw["g"]),
             blank=bool(raw["b"]),
             bootstrap_members=None if members is None else tuple(str(m) for m in members),
+            bootstrap_applied=bool(raw["ba"]),
             members_view=tuple(str(m) for m in raw["mv"]),
             hosted=tuple(int(g) for g in raw["hs"]),
             led=led,

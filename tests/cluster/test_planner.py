@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from fastpaca.cluster.placement import rendezvous_replicas
 from fastpaca.cluster.planner import (
     AddLearner,
+    ApplyBootstrap,
     Bootstrap,
     ClusterView,
     DropReplica,
-    JoinBootstrap,
     Promote,
     RemoveMember,
     TransferLeader,
@@ -28,6 +28,7 @@ def status(
     hosted: tuple[int, ...] = (),
     led: Mapping[int, GroupReport] | None = None,
     members: tuple[str, ...] | None = None,
+    applied: bool = False,
     view: tuple[str, ...] = ("a", "b", "c"),
     group_count: int = 1,
 ) -> NodeStatus:
@@ -38,6 +39,7 @@ def status(
         group_count=group_count,
         blank=blank,
         bootstrap_members=members,
+        bootstrap_applied=applied,
         members_view=view,
         hosted=hosted,
         led=led or {},
@@ -107,14 +109,26 @@ def test_a_non_blank_node_means_the_cluster_exists_no_new_bootstrap() -> None:
     assert not any(isinstance(a, Bootstrap) for a in actions)
 
 
-def test_interrupted_bootstrap_is_completed_by_joining_never_by_a_new_plan() -> None:
+def test_interrupted_bootstrap_is_finished_with_the_recorded_plan_never_a_new_one() -> None:
     members = ("a", "b", "c")
     statuses = [
-        status("a", hosted=(0,), members=members),
-        status("b", blank=True),
+        status("a", hosted=(0,), members=members, applied=True),
+        status("b", members=members),
         status("c", blank=True),
     ]
-    assert plan(view(statuses)) == [JoinBootstrap("b", members), JoinBootstrap("c", members)]
+    # b prepared but never applied: it applies the recorded plan; c never
+    # prepared: it is left blank (the replica rules handle it).
+    assert plan(view(statuses)) == [ApplyBootstrap("b", members)]
+
+
+def test_voter_that_lost_its_data_is_removed_then_re_added() -> None:
+    rep = report(("a", "b", "c"))
+    statuses = running("a", rep, ("a", "b"), ("a", "b", "c"))
+    statuses[2] = status("c", blank=True)
+    assert plan(view(statuses)) == [RemoveMember(0, "c", "a")]
+    rep = report(("a", "b"))
+    statuses = running("a", rep, ("a", "b"), ("a", "b", "c"))
+    assert plan(view(statuses)) == [AddLearner(0, "c", "a")]
 
 
 # --- replicas -----------------------------------------------------------------------
