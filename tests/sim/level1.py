@@ -178,6 +178,10 @@ class CoreProcess:
             for group, core in sorted(self._cores.items())
             if core.has_ready()
         ]
+        for group, core, rd in readies:  # a won election: leads from now on
+            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
+                self._sim.checker.observe_leader(self.node_id, group, core.term)
+                self._sim.note(f"leader group {group} term {core.term}: {self.node_id}")
         # A planned crash waits for an iteration where it costs something.
         writes = any(rd.entries or rd.hard_state or rd.snapshot for _, _, rd in readies)
         applies = any(rd.committed_entries for _, _, rd in readies)
@@ -196,9 +200,6 @@ class CoreProcess:
         for group, core, rd in readies:
             self._apply(group, core, rd)
             core.advance(rd)
-            if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
-                self._sim.checker.observe_leader(self.node_id, group, core.term)
-                self._sim.note(f"leader group {group} term {core.term}: {self.node_id}")
         return any(core.has_ready() for core in self._cores.values())
 
     def _persist(self, group: int, core: RaftNode, rd: Ready) -> None:

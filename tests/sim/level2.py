@@ -99,6 +99,7 @@ class HostProcess:
         if not host.has_work():
             return False
         iteration = host.prepare()
+        self._observe_leaders(iteration)
         writes = bool(iteration.batch)
         applies = any(p.applied is not None for p in iteration.readies)
         if crash_at == CrashPoint.BEFORE_WRITE and writes:
@@ -118,6 +119,17 @@ class HostProcess:
         for peer in unreachable:  # as the production driver does after finish
             host.peer_unreachable(peer)
         return host.has_work()
+
+    def _observe_leaders(self, iteration: Iteration) -> None:
+        """A won election shows as a soft state in the next Ready: the node
+        leads from that moment, written or not."""
+        for processed in iteration.readies:
+            soft = processed.ready.soft_state
+            if soft is not None and soft.role is Role.LEADER:
+                group = processed.group_id
+                term = self._host.core(group).term
+                self._sim.checker.observe_leader(self.node_id, group, term)
+                self._sim.note(f"leader group {group} term {term}: {self.node_id}")
 
     def _observe_written(self, iteration: Iteration) -> None:
         """What just became durable: installed snapshots, log entries,
@@ -160,11 +172,6 @@ class HostProcess:
                 proposed = self._pending.pop((batch.group_id, entry.index), None)
                 if proposed is not None and proposed == (entry.term, entry.data):
                     checker.observe_ack(batch.group_id, entry.data, entry.index, outcome)
-        for group, soft in result.soft_states:
-            if soft.role is Role.LEADER:  # once per won election
-                term = self._host.core(group).term
-                checker.observe_leader(self.node_id, group, term)
-                self._sim.note(f"leader group {group} term {term}: {self.node_id}")
         for group, read in result.read_states:
             checker.observe_read_served(self.node_id, group, read.context, read.index)
 
