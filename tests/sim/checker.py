@@ -63,6 +63,7 @@ class InvariantChecker:
     """(group, read context) → highest acked index when the read was asked."""
     checks: int = 0
     snapshots_installed: int = 0
+    reads_served: int = 0
 
     def _fail(self, rule: str, detail: str) -> NoReturn:
         raise InvariantViolation(f"{rule}: {detail}")
@@ -154,6 +155,7 @@ class InvariantChecker:
         """A read index was confirmed: it must cover every write acknowledged
         before the read was asked, or the read could miss it."""
         self.checks += 1
+        self.reads_served += 1
         floor = self.read_floor.get((group, context))
         if floor is not None and index < floor:
             self._fail(

@@ -346,6 +346,7 @@ class Simulator:
             "dropped": net.dropped + net.cut,
             "terms": len(self.checker.leaders),
             "snapshots": self.checker.snapshots_installed,
+            "reads": self.checker.reads_served,
             "conf_changes": sum(
                 1
                 for c in self.checker.committed.values()

@@ -21,6 +21,9 @@ def test_core_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
     # The runs did real work: leaders were elected and proposals acknowledged.
     assert sum(r.stats["acked"] for r in results) > 0
     assert sum(r.stats["terms"] for r in results) >= len(results)
+    if len(results) >= 50:
+        for feature in ("snapshots", "conf_changes", "transfers", "crashes", "reads"):
+            assert sum(r.stats[feature] for r in results) > 0, f"no {feature} exercised"
     print(f"{len(results)} core-level seeds in {seconds:.1f}s")
 
 

@@ -32,7 +32,7 @@ def test_host_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
     assert sum(r.stats["acked"] for r in results) > 0
     assert sum(r.stats["terms"] for r in results) >= len(results)
     if len(results) >= 50:
-        for feature in ("snapshots", "conf_changes", "transfers", "crashes"):
+        for feature in ("snapshots", "conf_changes", "transfers", "crashes", "reads"):
             assert sum(r.stats[feature] for r in results) > 0, f"no {feature} exercised"
     print(f"{len(results)} host-level seeds in {seconds:.1f}s")
 
