@@ -11,6 +11,8 @@ Checked:
 * log matching — an (index, term) names one entry and one predecessor term
   across every node's persisted log, which by induction makes equal
   (index, term) imply equal prefixes;
+* leader completeness — a new leader's log holds every entry committed so
+  far (checked when it wins);
 * commit stability — once any node commits (group, index) it is that
   (term, data) forever, on every node;
 * state machine safety — each replica applies a contiguous run of indexes and
@@ -24,7 +26,7 @@ Checked:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -53,6 +55,7 @@ class InvariantChecker:
     )
     """(group, index, term) → (type, data, term of index - 1), across all logs."""
     committed: dict[tuple[int, int], _Committed] = field(default_factory=dict)
+    committed_upto: dict[int, int] = field(default_factory=dict)
     applied_index: dict[tuple[str, int], int] = field(default_factory=dict)
     data_index: dict[tuple[int, bytes], int] = field(default_factory=dict)
     acked: dict[tuple[int, bytes], int] = field(default_factory=dict)
@@ -75,6 +78,31 @@ class InvariantChecker:
         known = self.leaders.setdefault((group, term), node)
         if known != node:
             self._fail("election safety", f"group {group} term {term}: {known} and {node} lead")
+
+    def check_leader_completeness(
+        self,
+        node: str,
+        group: int,
+        term: int,
+        log: tuple[int, int, Callable[[int], int]],
+    ) -> None:
+        """A new leader's log holds every entry committed so far (§5.4).
+        ``log`` is (first index, last index, term of an index) of its log;
+        entries below the first index are in its snapshot."""
+        first, last, term_at = log
+        upto = self.committed_upto.get(group, 0)
+        for index in range(max(first, 1), upto + 1):
+            known = self.committed.get((group, index))
+            if known is None:
+                continue
+            self.checks += 1
+            mine = term_at(index) if index <= last else None
+            if mine != known.term:
+                self._fail(
+                    "leader completeness",
+                    f"group {group}: {node} leads term {term} with term {mine} at "
+                    f"{index}, committed {known}",
+                )
 
     # --- persisted logs ----------------------------------------------------
 
@@ -101,6 +129,8 @@ class InvariantChecker:
         self.checks += 1
         mine = _Committed(entry.term, entry.type, entry.data)
         known = self.committed.setdefault((group, entry.index), mine)
+        if entry.index > self.committed_upto.get(group, 0):
+            self.committed_upto[group] = entry.index
         if known != mine:
             self._fail(
                 "commit stability",

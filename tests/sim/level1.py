@@ -181,6 +181,12 @@ class CoreProcess:
         for group, core, rd in readies:  # a won election: leads from now on
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self._sim.checker.observe_leader(self.node_id, group, core.term)
+                self._sim.checker.check_leader_completeness(
+                    self.node_id,
+                    group,
+                    core.term,
+                    (core.first_index, core.last_index, core.log_term),
+                )
                 self._sim.note(f"leader group {group} term {core.term}: {self.node_id}")
         # A planned crash waits for an iteration where it costs something.
         writes = any(rd.entries or rd.hard_state or rd.snapshot for _, _, rd in readies)

@@ -127,8 +127,12 @@ class HostProcess:
             soft = processed.ready.soft_state
             if soft is not None and soft.role is Role.LEADER:
                 group = processed.group_id
-                term = self._host.core(group).term
+                core = self._host.core(group)
+                term = core.term
                 self._sim.checker.observe_leader(self.node_id, group, term)
+                self._sim.checker.check_leader_completeness(
+                    self.node_id, group, term, (core.first_index, core.last_index, core.log_term)
+                )
                 self._sim.note(f"leader group {group} term {term}: {self.node_id}")
 
     def _observe_written(self, iteration: Iteration) -> None:

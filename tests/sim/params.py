@@ -80,9 +80,11 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
     node_count = 5 if rng.random() < 0.25 else 3
     node_ids = tuple(f"n{i + 1}" for i in range(node_count))
     group_count = rng.choice((1, 1, 2, 2, 3, 4, 6, 8))
-    base_latency = rng.randint(1, 15)
+    # Raft is live only when a round trip is well under the election timeout
+    # (10+ ticks of ~10 ms): one-way latency stays under ~25 ms with jitter.
+    base_latency = rng.randint(1, 10)
     latency = {
-        (a, b): base_latency + rng.randint(0, 10) for a in node_ids for b in node_ids if a != b
+        (a, b): base_latency + rng.randint(0, 6) for a in node_ids for b in node_ids if a != b
     }
     faulty_network = rng.random() < 0.8
     return SimParams(
@@ -93,7 +95,7 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         replicas_per_group=3,
         tick_ms_by_node=tuple(TICK_MS + rng.randint(-1, 1) for _ in node_ids),
         latency_ms_by_link=latency,
-        jitter_ms_max=rng.randint(0, 10),
+        jitter_ms_max=rng.randint(0, 8),
         drop_rate=rng.uniform(0.0, 0.15) if faulty_network else 0.0,
         duplicate_rate=rng.uniform(0.0, 0.05) if faulty_network else 0.0,
         reorder_rate=rng.uniform(0.0, 0.1) if faulty_network else 0.0,
@@ -115,7 +117,7 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
             ((node_count - 1) // 2,) * 6 + (node_count - 1, node_count, node_count)
         ),
         padding_bytes=rng.choice(((0,), (0, 0, 40), (0, 200, 1000))),
-        election_timeout_ticks=rng.choice((6, 10, 10, 20)),
+        election_timeout_ticks=rng.choice((10, 10, 20)),
         heartbeat_interval_ticks=rng.choice((1, 1, 2)),
         max_inflight_msgs=rng.choice((1, 4, 64)),
         max_msg_bytes=rng.choice((64, 512, 1 << 20)),

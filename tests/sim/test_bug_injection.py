@@ -20,6 +20,7 @@ from .simulator import SimulationFailure
 
 SAFETY_RULES = (
     "election safety",
+    "leader completeness",
     "log matching",
     "commit stability",
     "apply order",

@@ -225,3 +225,16 @@ def test_checker_catches_false_acks_lost_acks_and_stale_reads() -> None:
     assert [e.data for e in checker.committed_log(0, 1)] == [b"a"]
     with pytest.raises(InvariantViolation, match="observation gap"):
         checker.committed_log(0, 2)
+
+
+def test_checker_catches_a_leader_missing_committed_entries() -> None:
+    checker = InvariantChecker()
+    for index in (1, 2, 3):
+        checker.observe_committed("n1", 0, _entry(index, 1))
+    terms = {1: 1, 2: 1, 3: 1}
+    checker.check_leader_completeness("n2", 0, 2, (1, 3, terms.__getitem__))
+    checker.check_leader_completeness("n2", 0, 2, (3, 3, terms.__getitem__))  # 1-2 in snapshot
+    with pytest.raises(InvariantViolation, match="leader completeness"):
+        checker.check_leader_completeness("n3", 0, 2, (1, 2, terms.__getitem__))
+    with pytest.raises(InvariantViolation, match="leader completeness"):
+        checker.check_leader_completeness("n3", 0, 2, (1, 3, {1: 1, 2: 2, 3: 2}.__getitem__))
