@@ -3,14 +3,13 @@
     python -m tests.sim.cli 153 --level host [--trace] [--safety-ms 2000]
 
 Prints the run's stats and trace digest (the replay fingerprint); ``--trace``
-prints every notable event (not ticks, iterations or deliveries). Exits 1 with
+prints every notable event (not ticks, iterations, deliveries or client calls). Exits 1 with
 the failure report when the seed fails. Owns nothing but argument handling.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 
@@ -18,8 +17,6 @@ from .level1 import CoreLevel
 from .level2 import HostLevel
 from .simulator import Level, SimulationFailure, Simulator
 from .trace import Trace
-
-_NOISE = re.compile(r"\s*\d+ (net|iter|tick) ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             if args.trace:
-                for line in sim.trace.tail().splitlines():
-                    if not _NOISE.match(line):
-                        print(line)
+                print("\n".join(sim.trace.notable()))
     print(f"seed {result.seed} ({result.level}): converged at {result.converged_at_ms} ms")
     print(f"stats {result.stats}")
     print(f"digest {result.digest}")

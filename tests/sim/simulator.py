@@ -1,9 +1,9 @@
 """The simulator: one seed, one execution of N nodes x G Raft groups.
 
 Owns simulated time and the run's shape: the event loop, node lifecycles
-(start, crash, restart), the two phases (safety with faults on, then liveness
-with everything healed) and the final convergence checks. The network,
-faults, workload and checker live in their own modules; a *level* supplies
+(start, crash, pause, restart) and the two phases (safety with faults on,
+then liveness with everything healed). The network, faults, workload,
+checker and convergence checks live in their own modules; a *level* supplies
 the node software (``level1.py`` bare cores, ``level2.py`` real NodeHosts).
 
 Everything random comes from ``self.rng`` = ``random.Random(seed)``, drawn in
