@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastpaca.cluster.admin import ClusterAdmin, ClusterRecord
 from fastpaca.cluster.coordinator import Coordinator, CoordinatorConfig
@@ -195,8 +196,8 @@ class ClusterNode:
         _log.info("dns discovery: %d members", len(members), extra={"type": "cluster.discovery"})
         self.membership.set_discovered([*self._config.static_members, *members])
 
-    def _spawn(self, work: object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(work, name=name))  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=name))
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:
