@@ -137,6 +137,8 @@ async def test_kill_9_of_any_node_keeps_writes_and_the_node_catches_up(
         for victim in cluster.nodes:
             victim.kill()
             survivors = [n for n in cluster.nodes if n is not victim]
+            if victim is cluster.nodes[0]:  # the coordinator: n2 takes over
+                await _wait_metric(session, survivors[0].url, "fastpaca_cluster_coordinator", 1)
             window = await _write_until_ok(session, survivors, cids, acknowledged)
             assert window < 5.0, f"writes failed for {window:.1f} s after killing {victim.name}"
             # Far behind: well past the compaction threshold (60 entries).
@@ -151,12 +153,28 @@ async def test_kill_9_of_any_node_keeps_writes_and_the_node_catches_up(
             for node in cluster.nodes:
                 texts = [m["parts"][0]["text"] for m in await history(session, node.url, cid)]
                 assert texts == acknowledged[cid], (node.name, cid)
+        # Back to even leadership once everyone is back (n1 coordinates again).
+        for node in cluster.nodes:
+            await _wait_metric(session, node.url, "fastpaca_raft_leaders", 2, at_least=True)
         installed = [
             await metric(session, n.url, "fastpaca_raft_snapshots_installed_total")
             for n in cluster.nodes
         ]
         assert sum(installed) > 0, installed
     await _assert_replicas_agree(cluster, cids, acknowledged)
+
+
+async def _wait_metric(
+    session: aiohttp.ClientSession, url: str, name: str, value: float, *, at_least: bool = False
+) -> None:
+    deadline = time.monotonic() + 15
+    seen = None
+    while time.monotonic() < deadline:
+        seen = await metric(session, url, name)
+        if seen == value or (at_least and seen >= value):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} {name} = {seen}, expected {value}")
 
 
 async def _write_until_ok(
