@@ -91,6 +91,9 @@ class RaftDriver:
         )
         self.stats = RaftStats()
         self._ops: list[Callable[[], None]] = []
+        self._proposals: list[tuple[int, bytes, asyncio.Future[Any], float]] = []
+        self._tick_s = config.tick_interval_ms / 1000
+        self._loop_or_none: asyncio.AbstractEventLoop | None = None
         self._inbox: list[tuple[str, Frame]] = []
         self._wake = asyncio.Event()
         self._waiters = Waiters(self.stats)
@@ -109,6 +112,7 @@ class RaftDriver:
         self._host.open_groups()
         self._transport.subscribe(Channel.RAFT, self._on_frame)
         self._transport.on_peer_state(self._on_peer_state)
+        self._loop_or_none = asyncio.get_running_loop()
         if self._config.write_in_thread:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"raft-write-{self._node_id}")
         self._runner = asyncio.create_task(self._supervise(), name=f"raft-{self._node_id}")
@@ -166,15 +170,38 @@ class RaftDriver:
     # --- proposals and reads ----------------------------------------------------------
 
     async def propose(self, group_id: int, data: bytes, *, timeout_s: float) -> Any:
-        """Resolve with the state machine's result for this entry once applied."""
-        return await self._propose(group_id, lambda: self._host.propose(group_id, data), timeout_s)
+        """Resolve with the state machine's result for this entry once applied.
+        ``NotLeader`` at once on a follower, ``LeadershipLost`` if leadership
+        goes before it applies, ``ProposalTimeout`` after ``timeout_s`` (to
+        within one tick). The hot path: no closure, no timer per call."""
+        self._check_can_propose(group_id)
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+        now = loop.time()
+        self._proposals.append((group_id, data, future, now))
+        self._waiters.add_deadline(self._deadline_tick(now, timeout_s), f"group {group_id}", future)
+        self.stats.proposals += 1
+        self._wake.set()
+        return await future
 
     async def change_membership(
         self, group_id: int, cc: ConfChange, *, timeout_s: float
     ) -> ConfState:
-        result = await self._propose(
-            group_id, lambda: self._host.propose_conf_change(group_id, cc), timeout_s
-        )
+        self._check_can_propose(group_id)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        started = self._loop.time()
+
+        def start_change() -> None:
+            if future.done():
+                return
+            try:
+                index, term = self._host.propose_conf_change(group_id, cc)
+            except (NotLeader, ProposalDropped) as exc:
+                future.set_exception(exc)
+                return
+            self._waiters.add_proposal(group_id, index, term, started, future)
+
+        result = await self._submit_and_wait(start_change, future, group_id, timeout_s)
         assert isinstance(result, ConfState)
         return result
 
@@ -183,8 +210,8 @@ class RaftDriver:
         acknowledged before the call (ReadIndex, then wait for apply)."""
         self._check_running()
         self._read_seq += 1
-        context = f"{self._node_id}:{self._read_seq}".encode()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        context = b"%s:%d" % (self._node_id.encode(), self._read_seq)
+        future: asyncio.Future[None] = self._loop.create_future()
 
         def start_read() -> None:
             if future.done():
@@ -196,19 +223,15 @@ class RaftDriver:
                 return
             self._waiters.add_read(group_id, context, future)
 
-        self._submit(start_read)
         self.stats.reads += 1
         try:
-            async with asyncio.timeout(timeout_s):
-                await future
-        except TimeoutError:
-            raise ProposalTimeout(f"group {group_id}: read barrier timed out") from None
+            await self._submit_and_wait(start_read, future, group_id, timeout_s)
         finally:
             self._waiters.discard_read(context)
 
     async def transfer_leadership(self, group_id: int, to: str, *, timeout_s: float) -> None:
         self._check_running()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
 
         def start_transfer() -> None:
             try:
@@ -218,47 +241,29 @@ class RaftDriver:
                 return
             self._waiters.add_leader_wait(group_id, to, future)
 
-        self._submit(start_transfer)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await future
-        except TimeoutError:
-            raise ProposalTimeout(f"group {group_id}: transfer to {to} timed out") from None
+        await self._submit_and_wait(start_transfer, future, group_id, timeout_s)
 
-    async def _propose(
-        self, group_id: int, append: Callable[[], tuple[int, int]], timeout_s: float
-    ) -> Any:
+    def _check_can_propose(self, group_id: int) -> None:
         self._check_running()
         if not self._host.is_leader(group_id):
             self.stats.proposals_rejected += 1
             raise NotLeader(group_id, self._host.leader_of(group_id))
-        pending = self._waiters.proposal_count
+        pending = self._waiters.proposal_count + len(self._proposals)
         if pending >= self._config.max_pending_proposals:
             self.stats.proposals_rejected += 1
             raise Overloaded(f"{pending} proposals pending on {self._node_id}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        started = loop.time()
 
-        def start_proposal() -> None:
-            if future.done():
-                return
-            try:
-                index, term = append()
-            except (NotLeader, ProposalDropped) as exc:
-                self.stats.proposals_rejected += 1
-                future.set_exception(exc)
-                return
-            self._waiters.add_proposal(group_id, index, term, started, future)
+    async def _submit_and_wait(
+        self, op: Callable[[], None], future: asyncio.Future[Any], group_id: int, timeout_s: float
+    ) -> Any:
+        deadline = self._deadline_tick(self._loop.time(), timeout_s)
+        self._waiters.add_deadline(deadline, f"group {group_id}", future)
+        self._submit(op)
+        return await future
 
-        self._submit(start_proposal)
-        self.stats.proposals += 1
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            self.stats.proposals_timed_out += 1
-            raise ProposalTimeout(f"group {group_id}: proposal not applied in time") from None
+    def _deadline_tick(self, now: float, timeout_s: float) -> int:
+        # Rounded up: a deadline never fires early.
+        return int((now + timeout_s) / self._tick_s) + 1
 
     # --- the loop -------------------------------------------------------------------
 
@@ -283,7 +288,7 @@ class RaftDriver:
                 now = loop.time()
                 if now >= next_tick:
                     self._host.tick()
-                    self._on_tick()
+                    self._on_tick(now)
                     # Ticks are counted, not replayed: after a stall, one tick.
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
                 self._drain()
@@ -306,6 +311,18 @@ class RaftDriver:
         ops, self._ops = self._ops, []
         for op in ops:
             op()
+        proposals, self._proposals = self._proposals, []
+        host, waiters = self._host, self._waiters
+        for group_id, data, future, started in proposals:
+            if future.done():
+                continue  # timed out or cancelled while queued
+            try:
+                index, term = host.propose(group_id, data)
+            except (NotLeader, ProposalDropped) as exc:
+                self.stats.proposals_rejected += 1
+                future.set_exception(exc)
+                continue
+            waiters.add_proposal(group_id, index, term, started, future)
 
     async def _iterate(self) -> None:
         iteration = self._host.prepare()
@@ -375,9 +392,10 @@ class RaftDriver:
         self.stats.leaders_held = len(self._led)
         self._waiters.on_leader_change(group_id, role is Role.LEADER, leader_id)
 
-    def _on_tick(self) -> None:
-        """Once per tick: stats that cost a pass over every group, and reads
-        whose index a snapshot install (not an apply) reached."""
+    def _on_tick(self, now: float) -> None:
+        """Once per tick: deadlines, stats that cost a pass over every group,
+        and reads whose index a snapshot install (not an apply) reached."""
+        self.stats.proposals_timed_out += self._waiters.expire(int(now / self._tick_s))
         host_stats = self._host.stats
         self.stats.messages_dropped = (
             self._host.dropped_by_cores
@@ -415,6 +433,12 @@ class RaftDriver:
     def _submit(self, op: Callable[[], None]) -> None:
         self._ops.append(op)
         self._wake.set()
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop_or_none is None:
+            raise Unavailable(f"raft on {self._node_id} is not running")
+        return self._loop_or_none
 
     def _check_running(self) -> None:
         if self._runner is None or self._stopping or self._failure is not None:

@@ -82,6 +82,7 @@ class RaftStats:
     proposals_failed: int = 0
     """LeadershipLost after being accepted."""
     proposals_timed_out: int = 0
+    """Proposals, reads and transfers failed with ProposalTimeout."""
     reads: int = 0
     iterations: int = 0
     synced_writes: int = 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fastpaca.errors import LeadershipLost, Unavailable
+from fastpaca.errors import LeadershipLost, ProposalTimeout, Unavailable
 from fastpaca.raft.messages import Entry, ReadState
 from fastpaca.raft.stats import RaftStats
 from fastpaca.raft.waiters import Waiters
@@ -85,3 +85,21 @@ async def test_fail_all_leaves_nothing_hanging() -> None:
     for future in futures:
         with pytest.raises(Unavailable):
             future.result()
+
+
+async def test_deadlines_fail_only_what_is_due_and_unsettled() -> None:
+    waiters = Waiters(RaftStats())
+    due, settled, later = _future(), _future(), _future()
+    waiters.add_deadline(10, "group 1", due)
+    waiters.add_deadline(10, "group 1", settled)
+    waiters.add_deadline(12, "group 2", later)
+    settled.set_result("ok")
+    assert waiters.expire(9) == 0
+    assert waiters.expire(11) == 1
+    with pytest.raises(ProposalTimeout, match="group 1"):
+        due.result()
+    assert settled.result() == "ok"
+    assert not later.done()
+    waiters.fail_all(Unavailable("stopping"))  # queued work is failed too
+    with pytest.raises(Unavailable):
+        later.result()
