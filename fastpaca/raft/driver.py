@@ -179,7 +179,7 @@ class RaftDriver:
         future: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
         self._proposals.append((group_id, data, future, now))
-        self._waiters.add_deadline(self._deadline_tick(now, timeout_s), f"group {group_id}", future)
+        self._waiters.add_deadline(self._deadline_tick(now, timeout_s), group_id, future)
         self.stats.proposals += 1
         self._wake.set()
         return await future
@@ -257,7 +257,7 @@ class RaftDriver:
         self, op: Callable[[], None], future: asyncio.Future[Any], group_id: int, timeout_s: float
     ) -> Any:
         deadline = self._deadline_tick(self._loop.time(), timeout_s)
-        self._waiters.add_deadline(deadline, f"group {group_id}", future)
+        self._waiters.add_deadline(deadline, group_id, future)
         self._submit(op)
         return await future
 

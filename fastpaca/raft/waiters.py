@@ -42,8 +42,8 @@ class Waiters:
         self._read_applies: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         """group -> (read index, future): waiting for the apply."""
         self._leaders: dict[int, list[tuple[str, asyncio.Future[None]]]] = {}
-        self._deadlines: dict[int, list[tuple[str, asyncio.Future[Any]]]] = {}
-        """deadline tick -> (what, future) to fail with ProposalTimeout then."""
+        self._deadlines: dict[int, list[tuple[int, asyncio.Future[Any]]]] = {}
+        """deadline tick -> (group, future) to fail with ProposalTimeout then."""
 
     @property
     def proposal_count(self) -> int:
@@ -64,23 +64,23 @@ class Waiters:
     def add_leader_wait(self, group_id: int, to: str, future: asyncio.Future[None]) -> None:
         self._leaders.setdefault(group_id, []).append((to, future))
 
-    def add_deadline(self, tick: int, what: str, future: asyncio.Future[Any]) -> None:
+    def add_deadline(self, tick: int, group_id: int, future: asyncio.Future[Any]) -> None:
         """Fail ``future`` with ``ProposalTimeout`` at ``expire(tick)`` unless
-        it settled first. ``what`` names it in the error."""
+        it settled first."""
         bucket = self._deadlines.get(tick)
         if bucket is None:
-            self._deadlines[tick] = [(what, future)]
+            self._deadlines[tick] = [(group_id, future)]
         else:
-            bucket.append((what, future))
+            bucket.append((group_id, future))
 
     def expire(self, now_tick: int) -> int:
         """Fail everything due at or before ``now_tick``; how many timed out."""
         due = sorted(tick for tick in self._deadlines if tick <= now_tick)
         timed_out = 0
         for tick in due:
-            for what, future in self._deadlines.pop(tick):
+            for group_id, future in self._deadlines.pop(tick):
                 if not future.done():
-                    future.set_exception(ProposalTimeout(f"{what}: not done in time"))
+                    future.set_exception(ProposalTimeout(f"group {group_id}: not done in time"))
                     timed_out += 1
         return timed_out
 

@@ -90,9 +90,9 @@ async def test_fail_all_leaves_nothing_hanging() -> None:
 async def test_deadlines_fail_only_what_is_due_and_unsettled() -> None:
     waiters = Waiters(RaftStats())
     due, settled, later = _future(), _future(), _future()
-    waiters.add_deadline(10, "group 1", due)
-    waiters.add_deadline(10, "group 1", settled)
-    waiters.add_deadline(12, "group 2", later)
+    waiters.add_deadline(10, 1, due)
+    waiters.add_deadline(10, 1, settled)
+    waiters.add_deadline(12, 2, later)
     settled.set_result("ok")
     assert waiters.expire(9) == 0
     assert waiters.expire(11) == 1
