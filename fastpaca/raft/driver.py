@@ -139,6 +139,9 @@ class RaftDriver:
     # --- groups ---------------------------------------------------------------------
 
     def ensure_group(self, group_id: int, voters: Sequence[str]) -> None:
+        """Host ``group_id``: bootstrap it with its *initial* ``voters`` (the
+        same list on every initial member), or join it with ``()`` as a
+        replica added later. See ``NodeHost.ensure_group``."""
         self._submit(lambda: self._host.ensure_group(group_id, list(voters)))
 
     def remove_group(self, group_id: int) -> None:

@@ -114,6 +114,8 @@ class NodeHost:
         self._bootstrapping: dict[int, LevelDBStorage] = {}
         self._solo: set[int] = set()
         """Single-voter groups that will campaign as soon as they can."""
+        self._removing: set[int] = set()
+        """Groups deleted in ``_batch``: the KV still shows them until it is written."""
         self._in_iteration = False
         self._cache_budget = CacheBudget(self._config.entry_cache_bytes)
         self._send_early = self._config.send_leader_appends_early
@@ -139,9 +141,17 @@ class NodeHost:
     def ensure_group(self, group_id: int, voters: Sequence[str]) -> None:
         """Host ``group_id``. A group with no state yet is bootstrapped with
         ``voters`` (written with the next iteration, the core starts after);
-        empty ``voters`` joins an existing group and waits for its leader."""
+        empty ``voters`` joins an existing group and waits for its leader.
+
+        ``voters`` must be the group's *initial* membership, the same list on
+        every initial member: the bootstrap entries are identical (index,
+        term 1) everywhere, and a different list would break log matching. A
+        replica added later (learner first) must pass no voters."""
+        self._require_idle()
         if group_id in self._groups or group_id in self._bootstrapping:
             return
+        if group_id in self._removing:
+            raise InvariantViolation(f"group {group_id} is being removed; ensure it after a write")
         storage = LevelDBStorage.open(self._kv, group_id, budget=self._cache_budget)
         if not voters or not _is_blank(storage):
             self._add_group(group_id, storage)
@@ -180,6 +190,7 @@ class NodeHost:
         self._snapshots.drop_group(group_id)
         self._dirty.discard(group_id)
         self._solo.discard(group_id)
+        self._removing.add(group_id)
 
     def group_ids(self) -> list[int]:
         return sorted(self._groups)
@@ -297,6 +308,7 @@ class NodeHost:
         batch = self._batch if self._batch is not None else WriteBatch(self._kv)
         must_sync = self._batch_must_sync
         self._batch, self._batch_must_sync = None, False
+        self._removing.clear()  # from here on the deletes are in this iteration's write
         readies: list[ProcessedReady] = []
         early: dict[str, list[Message]] = {}
         late: dict[str, list[Message]] = {}

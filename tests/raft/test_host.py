@@ -302,6 +302,15 @@ def test_removed_group_leaves_no_keys(cluster: Cluster) -> None:
     assert list(kv.iterate(b"r\x00\x04", b"r\x00\x05")) == []
     assert list(kv.iterate(b"s\x00\x04", b"s\x00\x05")) == []
     assert host.group_ids() == []
+    # Hosting it again starts from nothing, once the removal is written.
+    host.remove_group(4)
+    with pytest.raises(InvariantViolation, match="being removed"):
+        host.ensure_group(4, ["n1"])
+    cluster.settle(1)
+    host.ensure_group(4, ["n1"])
+    cluster.settle(3)
+    assert host.is_leader(4)
+    assert cluster.sms["n1"].get(4, b"a") is None
 
 
 def test_all_groups_rebuild_from_disk_after_every_node_restarts(cluster: Cluster) -> None:
