@@ -143,20 +143,21 @@ class Iteration:
         }
 
     def frames(self) -> dict[str, bytes]:
-        """One frame per peer with everything else; only once the batch is durable."""
+        """One frame per peer with everything else; only once the batch is
+        durable. Handed out once: a second call returns nothing."""
         if not self._written:
             raise InvariantViolation("frames requested before the batch was written")
-        messages = self._late
+        messages, chunks, statuses = self._late, self._chunks, self._statuses
         for peer, early in self._early.items():
             messages[peer] = early + messages.get(peer, [])
-        self._early = {}
-        peers = sorted(messages.keys() | self._chunks.keys() | self._statuses.keys())
+        self._early, self._late, self._chunks, self._statuses = {}, {}, {}, {}
+        peers = sorted(messages.keys() | chunks.keys() | statuses.keys())
         return {
             peer: self._encode(
                 peer,
                 messages.get(peer, ()),
-                self._chunks.get(peer, ()),
-                self._statuses.get(peer, ()),
+                chunks.get(peer, ()),
+                statuses.get(peer, ()),
             )
             for peer in peers
         }
