@@ -141,6 +141,9 @@ class CoreProcess:
         del self._cores[group]
         self._pending = {k: v for k, v in self._pending.items() if k[0] != group}
 
+    def replica_on_disk(self, group: int) -> bool:
+        return group in self._disk.groups
+
     def _core(self, group: int) -> RaftNode:
         core = self._cores.get(group)
         if core is None:

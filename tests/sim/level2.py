@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from fastpaca.raft.host import HostConfig, Iteration, IterationResult, NodeHost
 from fastpaca.raft.kv import MemoryKV, WriteBatch
+from fastpaca.raft.leveldb import LevelDBStorage
 from fastpaca.raft.messages import ConfChange, Entry
 from fastpaca.raft.ready import Role
 from fastpaca.raft.storage import CompactedError
@@ -74,6 +75,9 @@ class HostProcess:
     def remove_group(self, group: int) -> None:
         self._host.remove_group(group)
         self._observed_commit.pop(group, None)
+
+    def replica_on_disk(self, group: int) -> bool:
+        return group in LevelDBStorage.list_groups(self._disk)
 
     def propose(self, group: int, data: bytes) -> None:
         command = proposal_command(data)

@@ -70,6 +70,9 @@ class SimParams:
     max_msg_bytes: int
     max_uncommitted_bytes: int
     """Small values make leaders refuse proposals (ProposalDropped)."""
+    readd_wiped: bool = False
+    """Let a node whose replica was deleted rejoin the group under the same
+    id (FINDINGS.md, 2). Not drawn: off unless ``FASTPACA_SIM_READD_WIPED=1``."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:

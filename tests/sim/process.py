@@ -79,6 +79,11 @@ class NodeProcess(Protocol):
         """Stop hosting ``group`` and delete its replica (log and state)."""
         ...
 
+    def replica_on_disk(self, group: int) -> bool:
+        """Whether ``group``'s log is in durable storage (a deletion may be
+        staged but not yet written)."""
+        ...
+
     def propose(self, group: int, data: bytes) -> None:
         """Raises a ``RaftError`` when refused; the ack is reported to the
         checker once the proposer learns the entry was applied."""

@@ -37,7 +37,11 @@ def run_one(
 
 
 def run_seeds(
-    seeds: Iterable[int], level_factory: LevelFactory, *, safety_ms: int
+    seeds: Iterable[int],
+    level_factory: LevelFactory,
+    *,
+    safety_ms: int,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[list[SimResult], float]:
     """Run every seed, even past failures (one bug must not hide another);
     raise a summary of the failures. Returns results and seconds."""
@@ -46,7 +50,7 @@ def run_seeds(
     failures: list[str] = []
     for seed in seeds:
         try:
-            results.append(run_one(seed, level_factory, safety_ms=safety_ms))
+            results.append(run_one(seed, level_factory, safety_ms=safety_ms, overrides=overrides))
         except SimulationFailure as failure:
             failures.append(str(failure))
         except Exception as exc:  # the harness itself broke: still name the seed

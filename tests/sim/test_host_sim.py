@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,8 +25,12 @@ def host_level(sim: Simulator, directory: str) -> Level:
     return HostLevel(sim, directory)
 
 
-def test_host_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
-    results, seconds = run_seeds(sim_seeds, host_level, safety_ms=sim_safety_ms)
+def test_host_level_seeds(
+    sim_seeds: list[int], sim_safety_ms: int, sim_overrides: dict[str, Any]
+) -> None:
+    results, seconds = run_seeds(
+        sim_seeds, host_level, safety_ms=sim_safety_ms, overrides=sim_overrides
+    )
     assert len(results) == len(sim_seeds)
     # The runs did real work: leaders, acknowledged proposals, and (over
     # enough seeds) snapshots, membership changes and transfers.

@@ -170,9 +170,13 @@ class Workload:
         if change.op is ConfChangeOp.REMOVE:
             self._removing.add((group, change.node_id))
         if change.op is ConfChangeOp.ADD_LEARNER:
-            if self._sim.process(change.node_id) is None:
+            joiner = self._sim.process(change.node_id)
+            if joiner is None:
                 return  # its machine is down: an operator would wait
+            if (group, change.node_id) in self._wiped and joiner.replica_on_disk(group):
+                return  # its deletion is not written yet (FINDINGS.md, 3)
             self._removing.discard((group, change.node_id))
+            self._wiped.discard((group, change.node_id))
             self._sim.ensure_group(change.node_id, group, ())
         self._sim.note(
             f"conf change group {group} via {node_id}: {change.op.name} {change.node_id}"
@@ -204,8 +208,11 @@ class Workload:
         rng = self._sim.rng
         if learners:
             return ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=rng.choice(sorted(learners)))
+        readd = self._params.readd_wiped
         outsiders = sorted(
-            n for n in set(self._params.node_ids) - set(voters) if (group, n) not in self._wiped
+            n
+            for n in set(self._params.node_ids) - set(voters)
+            if readd or (group, n) not in self._wiped
         )
         if len(voters) > 3 or (len(voters) == 3 and not outsiders):
             return ConfChange(op=ConfChangeOp.REMOVE, node_id=rng.choice(sorted(voters)))
