@@ -2,7 +2,7 @@
 
 Starts a 3-node loopback cluster (small log-compaction settings, so restarted
 nodes also catch up through snapshots), keeps ``--writers`` clients appending
-through random live nodes, and runs ``--cycles`` cycles of: kill -9 a random
+through random available nodes, and runs ``--cycles`` cycles of: kill -9 a random
 node, wait a random 0.2-2 s, restart it, wait until it is ready. Then:
 
 * every acknowledged append is in its conversation, in acknowledgement
@@ -51,7 +51,7 @@ class WriterState:
 
 async def writer(
     session: aiohttp.ClientSession,
-    cluster: LocalCluster,
+    available: list[ClusterNodeProcess],
     state: WriterState,
     stop: asyncio.Event,
     rng: random.Random,
@@ -59,11 +59,7 @@ async def writer(
     outage_started: float | None = None
     n = 0
     while not stop.is_set():
-        live = cluster.running()
-        if not live:
-            await asyncio.sleep(0.05)
-            continue
-        node = rng.choice(live)
+        node = rng.choice(available)
         text = f"{state.cid}-{n}"
         n += 1
         ok = False
@@ -90,13 +86,19 @@ async def writer(
         await asyncio.sleep(0.005)
 
 
-async def chaos(cluster: LocalCluster, cycles: int, rng: random.Random) -> None:
+async def chaos(
+    cluster: LocalCluster, available: list[ClusterNodeProcess], cycles: int, rng: random.Random
+) -> None:
+    """Writers use ``available``: a victim leaves it before the kill and comes
+    back once ready, as behind a load balancer that checks /health/ready."""
     for cycle in range(1, cycles + 1):
         victim: ClusterNodeProcess = rng.choice(cluster.nodes)
+        available.remove(victim)
         victim.kill()
         await asyncio.sleep(rng.uniform(0.2, 2.0))
         cluster.start(victim)
         await wait_ready(victim, timeout_s=60)
+        available.append(victim)
         if cycle % 10 == 0:
             print(f"  cycle {cycle}/{cycles}", flush=True)
 
@@ -147,8 +149,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                     pass
             stop = asyncio.Event()
             started = time.monotonic()
-            tasks = [asyncio.create_task(writer(session, cluster, s, stop, rng)) for s in states]
-            await chaos(cluster, args.cycles, rng)
+            available = list(cluster.nodes)
+            tasks = [asyncio.create_task(writer(session, available, s, stop, rng)) for s in states]
+            await chaos(cluster, available, args.cycles, rng)
             await asyncio.sleep(2.0)
             stop.set()
             await asyncio.gather(*tasks)
