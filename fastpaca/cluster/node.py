@@ -147,6 +147,13 @@ class ClusterNode:
     # --- readiness and numbers --------------------------------------------------------
 
     def readiness(self) -> ReadinessReport:
+        for node, status in self.gossip.statuses().items():
+            if status.group_count != self._group_count:
+                return ReadinessReport(
+                    False,
+                    f"{node} runs FASTPACA_RAFT_GROUPS={status.group_count}, "
+                    f"this node {self._group_count}: topology frozen",
+                )
         hosted = self._driver.group_ids()
         leaderless_hosted = [g for g in hosted if self._driver.leader_of(g) is None]
         unknown = [g for g in range(self._group_count) if self.gossip.leader_of(g) is None]
