@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+from fastpaca.errors import InvariantViolation
 from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.host import NodeHost
 from fastpaca.raft.kv import MemoryKV
@@ -90,7 +91,8 @@ def test_re_ensuring_a_group_before_its_removal_is_written_keeps_memory_and_disk
     re-adding the node in the same loop turn), the host opens the old log from
     the KV — the deletion is not written yet — and then the deletion lands
     underneath the live group: its core believes in a log and applied state
-    the disk no longer has."""
+    the disk no longer has. Fixed by refusing ``ensure_group`` until the
+    deletion is written (commit 10e2bd8)."""
     kv = MemoryKV()
     host = NodeHost(
         "n1", kv, KVStateMachine(kv), RaftConfig(node_id="n1", group_id=0), random.Random(1)
@@ -105,7 +107,11 @@ def test_re_ensuring_a_group_before_its_removal_is_written_keeps_memory_and_disk
     assert KVStateMachine(kv).applied_index(0) > 0
 
     host.remove_group(0)
-    host.ensure_group(0, [])  # join again, before the deletion is written
+    try:
+        host.ensure_group(0, [])  # join again, before the deletion is written
+    except InvariantViolation:  # refusing is a fix too: the caller retries after a write
+        _iterate(host, kv)
+        host.ensure_group(0, [])
     _iterate(host, kv)
     on_disk = LevelDBStorage.open(kv, 0)
     assert host.core(0).last_index == on_disk.last_index(), "log in memory vs on disk"
