@@ -24,6 +24,7 @@ from fastpaca.raft.ready import Role
 from fastpaca.raft.storage import CompactedError
 from fastpaca.raft.testing import KVStateMachine, put_command
 
+from .checker import InvariantViolation
 from .disk import DiskFault, SimDisk
 from .params import raft_config
 from .process import CrashPoint, GroupView, ProcessCrashed, Send
@@ -164,6 +165,11 @@ class HostProcess:
 
     def _observe_commit(self, group: int, commit: int) -> None:
         core = self._host.core(group)
+        if commit > core.last_index:
+            raise InvariantViolation(
+                f"persisted commit: group {group} on {self.node_id} commits {commit} "
+                f"beyond its log ({core.last_index})"
+            )
         lo = max(core.first_index, self._observed_commit.get(group, 0) + 1)
         self._observed_commit[group] = commit
         try:
