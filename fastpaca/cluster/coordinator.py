@@ -125,6 +125,9 @@ class Coordinator:
         except (RemoteError, PeerUnavailable, RpcTimeout) as exc:
             self.actions_failed += 1
             _log.info("cluster: %s failed: %s", action, exc, extra={"type": "cluster.action"})
+        except Exception:  # a bug or a local IO error: later rounds retry
+            self.actions_failed += 1
+            _log.exception("cluster: %s crashed", action, extra={"type": "cluster.action"})
         finally:
             self._busy[key] = self._clock_s() + self._config.cooldown_s
 
