@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .process import CrashPoint
-
 if TYPE_CHECKING:
     from .simulator import Simulator
 
@@ -88,7 +86,7 @@ class FaultSchedule:
             sim.crash(victim, "immediate")
             return
         slot = sim.slots[victim]
-        slot.crash_at = sim.rng.choice(CrashPoint.ALL)
+        slot.crash_at = sim.rng.choice(self._params.crash_points)
         sim.note(f"crash planned on {victim} at {slot.crash_at}")
         sim.wake(victim)
 

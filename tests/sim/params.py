@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from fastpaca.raft.core import RaftConfig
 
+from .process import CrashPoint
+
 __all__ = ["SimParams", "draw_params", "raft_config"]
 
 TICK_MS = 10
@@ -70,6 +72,8 @@ class SimParams:
     max_msg_bytes: int
     max_uncommitted_bytes: int
     """Small values make leaders refuse proposals (ProposalDropped)."""
+    crash_points: tuple[str, ...] = CrashPoint.ALL
+    """Where a planned crash may land inside an iteration (``CrashPoint``)."""
     readd_wiped: bool = False
     """Let a node whose replica was deleted rejoin the group under the same
     id (FINDINGS.md, 2). Not drawn: off unless ``FASTPACA_SIM_READD_WIPED=1``."""

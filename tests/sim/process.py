@@ -37,7 +37,7 @@ class CrashPoint:
     """Durable, but nothing sent or applied."""
     AFTER_SEND = "after_send"
     """Durable and sent; applies lost (they will be redone after restart)."""
-    ALL = (BEFORE_WRITE, AFTER_WRITE, AFTER_SEND)
+    ALL: tuple[str, ...] = (BEFORE_WRITE, AFTER_WRITE, AFTER_SEND)
 
 
 @dataclass(frozen=True, slots=True)

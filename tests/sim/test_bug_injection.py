@@ -15,6 +15,7 @@ from fastpaca.raft.log import RaftLog
 
 from .level1 import CoreLevel
 from .level2 import HostLevel
+from .process import CrashPoint
 from .runner import LevelFactory, run_one
 from .simulator import SimulationFailure
 
@@ -79,10 +80,11 @@ def test_a_disk_that_lies_about_fsync_breaks_safety() -> None:
 
 
 def test_sending_before_persisting_breaks_safety() -> None:
-    """A driver that sends (acks, votes) before its write is durable."""
+    """A driver that sends (acks, votes) before its write is durable; it
+    shows when a crash lands between the send and the write."""
     report = first_failure(
         lambda sim, directory: CoreLevel(sim, send_before_persist=True),
         breaks_safety,
-        CRASH_HEAVY | SHORT_LIVENESS,
+        CRASH_HEAVY | SHORT_LIVENESS | {"crash_points": (CrashPoint.BEFORE_WRITE,)},
     )
     assert breaks_safety(report)
