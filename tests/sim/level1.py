@@ -310,9 +310,6 @@ class CoreProcess:
     def applied_state(self, group: int) -> object:
         return tuple(self._disk.groups[group].items)
 
-    def close(self) -> None:
-        pass
-
 
 class CoreLevel:
     """Level factory: durable ``CoreDisk`` per node, ``CoreProcess`` per life."""

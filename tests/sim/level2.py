@@ -208,9 +208,6 @@ class HostProcess:
     def applied_state(self, group: int) -> object:
         return self._sm.items(group)
 
-    def close(self) -> None:
-        pass
-
 
 class HostLevel:
     """Level factory: a ``SimDisk`` per node, a ``NodeHost`` per life."""

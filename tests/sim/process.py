@@ -103,7 +103,3 @@ class NodeProcess(Protocol):
         """The group's applied state machine state, comparable with ``==``
         to ``Level.reference_state`` of the committed log."""
         ...
-
-    def close(self) -> None:
-        """Release resources (not a crash: durable state stays)."""
-        ...
