@@ -4,7 +4,8 @@ Owns the node software of a level-2 run: per node a ``NodeHost`` with the real
 ``LevelDBStorage``, wire codec, chunked snapshot transfer, compaction and the
 test ``KVStateMachine``, all over ``SimDisk`` (``MemoryKV`` or a real
 ``LevelDBKV``). The loop is the production driver's, made synchronous:
-``prepare`` → write → send frames → ``finish``. A crash drops the host; a
+``prepare`` → send a leader's early frames → write → send the other frames
+→ ``finish`` → report unreachable peers. A crash drops the host; a
 restart builds a new one from the disk alone (``open_groups``). It reports
 what was written, acknowledged and read to the checker and checks nothing
 itself.
@@ -42,6 +43,11 @@ def proposal_command(data: bytes) -> bytes:
     """The workload's unique proposal data as a put of the test state machine."""
     key = b"k%d" % (sum(data) % KEYS_PER_GROUP)
     return put_command(key, data)
+
+
+def _send_all(send: Send, frames: dict[str, bytes]) -> list[str]:
+    """Send each frame; the peers that could not take one."""
+    return [peer for peer, frame in sorted(frames.items()) if not send(peer, frame)]
 
 
 class HostProcess:
@@ -107,6 +113,9 @@ class HostProcess:
         self._observe_leaders(iteration)
         writes = bool(iteration.batch)
         applies = any(p.applied is not None for p in iteration.readies)
+        # The production driver's order: a leader's early frames, the write,
+        # every other frame, finish, then the peers that could not be reached.
+        unreachable = _send_all(send, iteration.take_early_frames())
         if crash_at == CrashPoint.BEFORE_WRITE and writes:
             raise ProcessCrashed
         try:
@@ -117,11 +126,11 @@ class HostProcess:
         self._observe_written(iteration)
         if crash_at == CrashPoint.AFTER_WRITE and writes:
             raise ProcessCrashed
-        unreachable = [p for p, frame in sorted(iteration.frames().items()) if not send(p, frame)]
+        unreachable += _send_all(send, iteration.frames())
         if crash_at == CrashPoint.AFTER_SEND and applies:
             raise ProcessCrashed
         self._observe_result(host.finish(iteration))
-        for peer in unreachable:  # as the production driver does after finish
+        for peer in sorted(set(unreachable)):
             host.peer_unreachable(peer)
         return host.has_work()
 
@@ -225,6 +234,7 @@ class HostLevel:
             compact_threshold_entries=threshold,
             compact_keep_entries=rng.randint(0, threshold // 2),
             snapshot_timeout_ticks=rng.choice((20, 60, 200)),
+            send_leader_appends_early=rng.random() < 0.8,
         )
         self._disks: list[SimDisk] = []
 
