@@ -1,8 +1,18 @@
 """Raft value types: entries, hard state, configuration, snapshots and messages.
 
 This module owns the shapes every other raft module agrees on. It holds plain
-frozen values only: no IO, no encoding (bytes live in ``codec.py`` and
+values only: no IO, no encoding (bytes live in ``codec.py`` and
 ``leveldb.py``), no protocol logic (that is ``core.py``).
+
+Immutable by convention: never assign to a field of a value once built (use
+``dataclasses.replace``), since the same ``Entry`` is shared by the unstable
+log, the entry cache, Readys and messages. ``Entry``, ``HardState`` and
+``Message`` are built on every hot path (one per proposal, per stored or
+decoded entry, per message), so they are not ``frozen``: a frozen slots
+dataclass's ``__init__`` goes through ``object.__setattr__`` per field,
+measured 3.1 us vs 1.1 us for a ``Message`` and about 2x for an ``Entry``.
+They are therefore not hashable either (nobody keys on them). The
+configuration values stay frozen (rarely built).
 
 Node ids are strings (the cluster's node names, e.g. ``"n1"``). Group ids are
 integers in ``[0, 65535]``. Index 0 / term 0 mean "nothing": the first real
@@ -36,7 +46,7 @@ class EntryType(enum.IntEnum):
     """``Entry.data`` is an encoded :class:`ConfChange` (see ``codec.py``)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Entry:
     index: int
     term: int
@@ -44,7 +54,7 @@ class Entry:
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class HardState:
     """What must be on stable storage before a node answers anyone (Figure 2)."""
 
@@ -131,7 +141,7 @@ class MessageType(enum.IntEnum):
     (``reject`` when the leader could not serve it)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Message:
     type: MessageType
     group_id: int
