@@ -191,7 +191,15 @@ class ElectionMixin(NodeState):
         # committed change promoting it that it has not applied yet, and the
         # group can need its vote to elect anyone. A candidate counts only
         # votes of its own voters, so a learner never counts toward a quorum.
-        if can_vote and self._log.is_up_to_date(msg.index, msg.log_term):
+        # A replica created empty to join (no log, no membership: a new
+        # learner, or one re-created after its data was deleted) knows nothing
+        # of what was committed, so its vote could elect a candidate missing
+        # committed entries (Raft assumes a voter never forgets:
+        # tests/sim/FINDINGS.md #2). It grants nothing until a leader has given
+        # it a log or a snapshot. Bootstrapped members start with a membership.
+        tracker = self._tracker
+        has_state = self._log.last_index() > 0 or bool(tracker.voters or tracker.learners)
+        if can_vote and has_state and self._log.is_up_to_date(msg.index, msg.log_term):
             # The grant carries the request's term so the candidate counts it.
             self._send(resp_type, msg.sender, term=msg.term)
             if not is_pre_vote:
