@@ -57,6 +57,9 @@ class CoordinatorConfig:
     """After an action ends, its group waits this long (a fresh status arrives)."""
     max_concurrent_actions: int = 16
     rpc_timeout_s: float = 6.0
+    takeover_settle_s: float = 1.5
+    """A node that just became coordinator waits this long (more than one
+    status interval) so it plans from statuses sent after the takeover."""
 
 
 class Coordinator:
@@ -83,10 +86,16 @@ class Coordinator:
         self.actions_failed = 0
 
     async def run(self) -> None:
+        coordinator_since: float | None = None
         try:
             while True:
                 await asyncio.sleep(self._config.round_interval_s)
-                if self._membership.is_coordinator():
+                if not self._membership.is_coordinator():
+                    coordinator_since = None
+                    continue
+                now = self._clock_s()
+                coordinator_since = coordinator_since or now
+                if now - coordinator_since >= self._config.takeover_settle_s:
                     self.run_round()
         finally:
             for task in self._tasks:

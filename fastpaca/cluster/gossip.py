@@ -1,8 +1,8 @@
 """Status exchange: every node tells every connected peer what it hosts and leads.
 
 Owns the ``Channel.STATUS`` traffic: our status goes to each peer when it
-connects, every ``interval_s``, and within ``check_s`` after the set of
-groups we lead changes (so routers learn a new leader fast). It keeps the
+connects, every ``interval_s``, and within ``check_s`` after the groups we
+host or lead change (so routers learn a new leader fast). It keeps the
 latest status of every connected peer, learns peers' addresses into the
 membership, and maintains the group → leader directory the router uses. It
 plans nothing (``planner.py``) and forwards no request (``routing.py``).
@@ -92,15 +92,19 @@ class Gossip:
     # --- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Broadcast every ``interval_s``, and within ``check_s`` of a change in
+        the groups we host or lead: the coordinator must not plan from a
+        status that predates a replica it just created."""
         last_sent = 0.0
-        last_led: frozenset[int] = frozenset()
+        last_shape: tuple[list[int], list[int]] = ([], [])
         while True:
             await asyncio.sleep(self._check_s)
-            led = frozenset(g for g in self._driver.group_ids() if self._driver.is_leader(g))
+            hosted = self._driver.group_ids()
+            shape = (hosted, [g for g in hosted if self._driver.is_leader(g)])
             now = self._clock_s()
-            if led != last_led or now - last_sent >= self._interval_s:
+            if shape != last_shape or now - last_sent >= self._interval_s:
                 self.broadcast()
-                last_led, last_sent = led, now
+                last_shape, last_sent = shape, now
 
     def broadcast(self) -> None:
         self._own = self._build_status()

@@ -140,6 +140,36 @@ async def test_grow_to_four_and_shrink_back_loses_nothing(cluster: LocalCluster)
         await assert_all_there(session, first_three, writer)
 
 
+async def test_coordinator_killed_while_replicas_move(cluster: LocalCluster) -> None:
+    """kill -9 of the coordinator in the middle of a growth: n2 takes over,
+    rebuilds n1's replicas once its grace period is over, and when n1 comes
+    back placement converges on all four nodes; no write is lost."""
+    cluster.start_all()
+    await cluster.wait_ready()
+    n1, n2, n3 = cluster.nodes
+    async with aiohttp.ClientSession() as session:
+        cids = [f"m{i}" for i in range(8)]
+        for cid in cids:
+            await session.put(f"{n2.url}/v1/conversations/{cid}", json={})
+        writer = Writer([n2, n3], cids)
+        async with writing(session, writer):
+            n4 = cluster.add_node()
+            cluster.start(n4)
+            await wait_ready(n4)
+            deadline = time.monotonic() + 20
+            while (await hosted_counts(session, [n4]))[0] == 0:  # moves under way
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            n1.kill()
+            await wait_for_placement(session, [n2, n3, n4], timeout_s=40)
+            cluster.start(n1)
+            await wait_ready(n1)
+            await wait_for_placement(session, cluster.nodes, timeout_s=40)
+        # Refusals happen only while n1's groups elect new leaders.
+        assert len(writer.failures) == 0, writer.failures[:5]
+        await assert_all_there(session, cluster.nodes, writer)
+
+
 async def test_rolling_restart_with_sigterm_fails_no_request(cluster: LocalCluster) -> None:
     cluster.start_all()
     await cluster.wait_ready()
