@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import secrets
 import signal
@@ -278,6 +279,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=STRAGGLER_TIMEOUT_S)
     await runner.setup()
     await web.SockSite(runner, sock).start()
+    _tune_gc()
     _log.info(
         "listening",
         extra={"type": "server.listening", "node_id": node.node_id, "bind": settings.bind,
@@ -304,6 +306,25 @@ async def serve(settings: Settings) -> None:
         )
     await runner.cleanup()
     _log.info("stopped", extra={"type": "server.stopped"})
+
+
+GC_THRESHOLDS = (20_000, 20, 20)
+"""Young-generation size and the two promotion counts of the cyclic GC."""
+
+
+def _tune_gc() -> None:
+    """Freeze what start-up built and collect the young generation less often.
+
+    An append leaves ~20 more tracked containers than it frees while in
+    flight, so CPython's default (700, 10, 10) ran a young collection every
+    ~35 requests and a full one (over every object of the node) about once a
+    second: measured 0.5-0.66 s of GC in 6 s under 64 connections, ~50 us
+    per append, and pauses that showed in the p99. Frozen start-up objects
+    are never scanned again; the larger thresholds collect ~30x less often.
+    Cyclic garbage is still collected, only in larger, rarer steps."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
