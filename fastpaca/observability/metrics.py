@@ -57,6 +57,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=registry,
         )
+        # Labelled children by label values: ``labels()`` costs a lock, a
+        # tuple and a dict lookup on every call (~2 us, twice per append).
+        self._appended_children: dict[tuple[str, str], Counter] = {}
+        self._request_children: dict[tuple[str, str, int], Histogram] = {}
         self._define_archive_series()
 
     def _define_archive_series(self) -> None:
@@ -104,12 +108,22 @@ class Metrics:
         )
 
     def appended(self, messages: Sequence[PreparedMessage], *, source: str = "http") -> None:
+        children = self._appended_children
         for message in messages:
-            self.messages_appended.labels(message.role, source).inc()
+            key = (message.role, source)
+            counter = children.get(key)
+            if counter is None:
+                counter = children[key] = self.messages_appended.labels(message.role, source)
+            counter.inc()
             self.message_token_count.observe(message.token_count)
 
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
-        self.http_request_duration.labels(route, method, str(status)).observe(duration_s)
+        key = (route, method, status)
+        histogram = self._request_children.get(key)
+        if histogram is None:
+            histogram = self.http_request_duration.labels(route, method, str(status))
+            self._request_children[key] = histogram
+        histogram.observe(duration_s)
 
     def watch_raft(self, stats: RaftStats) -> None:
         """Export the Raft series, read from the driver's ``stats`` on every scrape."""
