@@ -2,7 +2,8 @@
 
 Owns the route table (the one list the router and the OpenAPI test both read)
 and the middleware chain: request metrics outermost, then error mapping, then
-the optional per-node rate limit. It builds no subsystem: ``app.py`` fills the
+the optional per-node rate limit. The first three are one middleware (each
+layer costs a coroutine and a wrapper call per request). It builds no subsystem: ``app.py`` fills the
 ``AppKey``s of ``rest.py`` and adds the lifecycle.
 """
 
@@ -19,7 +20,7 @@ from aiohttp.typedefs import Middleware
 from fastpaca.errors import Overloaded
 from fastpaca.observability.metrics import Metrics
 from fastpaca.web import rest
-from fastpaca.web.errors import error_middleware
+from fastpaca.web.errors import response_for_exception
 
 __all__ = ["IN_FLIGHT_KEY", "ROUTES", "InFlightRequests", "Route", "build_web_app"]
 
@@ -75,37 +76,45 @@ class InFlightRequests:
             return False
         return True
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def enter(self) -> None:
         self.count += 1
         self._idle.clear()
-        try:
-            response = await handler(request)
-            if self.is_draining:
-                response.force_close()
-            return response
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
 
 IN_FLIGHT_KEY = web.AppKey("in_flight", InFlightRequests)
 
 
-def _metrics_middleware(metrics: Metrics) -> Middleware:
-    @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        response = await handler(request)
-        route = request.match_info.route.resource
-        template = route.canonical if route is not None else "unmatched"
-        metrics.observe_request(
-            template, request.method, response.status, time.perf_counter() - started
-        )
-        return response
+def _front_middleware(in_flight: InFlightRequests, metrics: Metrics) -> Middleware:
+    """In order, outermost first: count the request in flight, time it into
+    the metrics, map what the handler raised to its error reply. A redirect
+    (``HTTPException`` below 400) passes through, untimed."""
+    observe_request = metrics.observe_request
+    clock = time.perf_counter
 
-    return observe
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        in_flight.enter()
+        try:
+            started = clock()
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = response_for_exception(exc, request)
+            resource = request.match_info.route.resource
+            template = resource.canonical if resource is not None else "unmatched"
+            observe_request(template, request.method, response.status, clock() - started)
+            if in_flight.is_draining:
+                response.force_close()
+            return response
+        finally:
+            in_flight.leave()
+
+    return front
 
 
 class _TokenBucket:
@@ -147,7 +156,7 @@ def build_web_app(
     *, metrics: Metrics, max_body_bytes: int, rate_limit_rps: float | None
 ) -> web.Application:
     in_flight = InFlightRequests()
-    middlewares = [in_flight.middleware, _metrics_middleware(metrics), error_middleware]
+    middlewares = [_front_middleware(in_flight, metrics)]
     if rate_limit_rps is not None:
         middlewares.append(_rate_limit_middleware(rate_limit_rps))
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
