@@ -158,11 +158,16 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
 
     # --- time ---------------------------------------------------------------------
 
-    def tick(self) -> None:
-        if self._role is _LEADER:
+    def tick(self) -> bool:
+        """Advance time by one tick. True when the tick gave ``ready()``
+        something to hand out (messages or a role change): the host visits
+        only those groups, so an idle tick costs one call per group."""
+        outbox, role = len(self._messages), self._role
+        if role is _LEADER:
             self._tick_heartbeat()
         else:
             self._tick_election()
+        return len(self._messages) != outbox or self._role is not role
 
     # --- proposals ----------------------------------------------------------------
 
@@ -308,6 +313,27 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             or self._soft_state_changed()
             or self._hard_state_changed()
         )
+
+    def take_messages_if_only(self) -> list[Message] | None:
+        """The outbox, when messages are all a Ready would hold (nothing to
+        persist, apply, broadcast or report): the same as ``ready()`` then
+        ``advance()`` of that Ready, which would be a no-op, minus building
+        it. None otherwise (then use ``has_ready``/``ready``). The idle path:
+        heartbeats and their answers take it."""
+        if (
+            not self._messages
+            or self._read_states
+            or self._entries_to_broadcast
+            or self._commit_to_broadcast
+            or self._read_heartbeat_pending
+            or self._log.has_next_unstable()
+            or self._log.has_next_committed()
+            or self._soft_state_changed()
+            or self._hard_state_changed()
+        ):
+            return None
+        messages, self._messages = self._messages, []
+        return messages
 
     def ready(self) -> Ready:
         self._flush_batched_sends()

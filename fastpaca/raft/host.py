@@ -217,13 +217,15 @@ class NodeHost:
     # --- input ----------------------------------------------------------------------
 
     def tick(self) -> None:
-        for group in self._groups.values():
-            group.core.tick()
-        self._dirty.update(self._groups)
+        dirty = self._dirty
+        for group_id, group in self._groups.items():
+            if group.core.tick():
+                dirty.add(group_id)
         for group_id, peer in self._snapshots.sender.tick():
             self.stats.snapshot_failures += 1
             if group_id in self._groups:
                 self._groups[group_id].core.report_snapshot(peer, False)
+                dirty.add(group_id)
         for group_id in self._snapshots.receiver.tick():
             if group_id in self._groups:
                 self._groups[group_id].storage.stage_clear_incoming(self._pending_batch())
@@ -314,19 +316,19 @@ class NodeHost:
         late: dict[str, list[Message]] = {}
         for group_id in sorted(self._dirty):
             group = self._groups.get(group_id)
-            if group is None or not group.core.has_ready():
+            if group is None:
+                continue
+            only_messages = group.core.take_messages_if_only()
+            if only_messages is not None:
+                # Nothing to persist or advance (heartbeats, their answers).
+                self._route(group, only_messages, self._durable_term(group), early, late)
+                continue
+            if not group.core.has_ready():
                 continue
             rd = group.core.ready()
-            # Read before staging: the term this node is known to hold durably.
-            durable_term = group.storage.hard_state.term if group.core.is_leader else -1
+            durable_term = self._durable_term(group)  # read before staging
             applied = self._persist(group_id, group, rd, batch)
-            for msg in rd.messages:
-                if msg.type is MessageType.SNAPSHOT:
-                    self._snapshots.start(group.storage, msg)
-                elif msg.type in _EARLY_TYPES and msg.term <= durable_term and self._send_early:
-                    early.setdefault(msg.to, []).append(msg)
-                else:
-                    late.setdefault(msg.to, []).append(msg)
+            self._route(group, rd.messages, durable_term, early, late)
             must_sync = must_sync or rd.must_sync
             readies.append(ProcessedReady(group_id, group, rd, applied))
         self._dirty.clear()
@@ -376,6 +378,31 @@ class NodeHost:
         for processed in iteration.readies:
             processed.group.storage.on_write_failed()
         self._in_iteration = False
+
+    def _route(
+        self,
+        group: HostedGroup,
+        messages: list[Message],
+        durable_term: int,
+        early: dict[str, list[Message]],
+        late: dict[str, list[Message]],
+    ) -> None:
+        """Sort a group's messages: snapshot streams, leader traffic of a
+        term already durable (may leave before the write), the rest."""
+        send_early = self._send_early
+        for msg in messages:
+            if msg.type is MessageType.SNAPSHOT:
+                self._snapshots.start(group.storage, msg)
+            elif send_early and msg.type in _EARLY_TYPES and msg.term <= durable_term:
+                early.setdefault(msg.to, []).append(msg)
+            else:
+                late.setdefault(msg.to, []).append(msg)
+
+    @staticmethod
+    def _durable_term(group: HostedGroup) -> int:
+        """The term a leader is known to hold durably (-1: not a leader, so
+        nothing of it goes early). Read before staging this iteration."""
+        return group.storage.hard_state.term if group.core.is_leader else -1
 
     # --- persist and apply ------------------------------------------------------------
 
@@ -437,6 +464,7 @@ class NodeHost:
         if core.applied_index >= core.commit_index:
             self._solo.discard(group_id)
             core.campaign()
+            self._dirty.add(group_id)
 
     def _storage_of(self, group_id: int) -> LevelDBStorage | None:
         group = self._groups.get(group_id)

@@ -9,6 +9,7 @@ import pytest
 from fastpaca.errors import NotLeader, ProposalDropped
 from fastpaca.raft.messages import Message, MessageType
 from fastpaca.raft.progress import ProgressState
+from fastpaca.raft.ready import Role
 from tests.raft.harness import GROUP_ID, Network
 
 
@@ -258,3 +259,52 @@ def test_idle_follower_tick_allocates_nothing() -> None:
         tracemalloc.stop()
     assert not has_ready
     assert peak - baseline == 0, f"{peak - baseline} bytes allocated by idle ticks"
+
+
+def test_idle_tick_reports_work_only_when_it_sends_or_changes_role() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.stabilize()
+    # heartbeat_interval_ticks is 1 in the harness: every leader tick sends.
+    assert net["a"].tick() is True
+    assert net["b"].tick() is False and not net["b"].has_ready()
+    net.process_all()
+    net.queue.clear()
+    for _ in range(40):  # no leader heard from: b campaigns at some tick
+        if net["b"].tick():
+            break
+    assert net["b"].has_ready() and net["b"].role is not Role.FOLLOWER
+
+
+def test_heartbeat_answer_goes_out_without_a_ready_when_nothing_changed() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.stabilize()
+    net["a"].tick()
+    net.process_ready("a")
+    beats = net.take(MessageType.HEARTBEAT)
+    net["b"].step(next(m for m in beats if m.to == "b"))
+    answer = net["b"].take_messages_if_only()
+    assert answer is not None and [m.type for m in answer] == [MessageType.HEARTBEAT_RESP]
+    assert not net["b"].has_ready() and net["b"].take_messages_if_only() is None
+
+
+def test_heartbeat_that_moves_commit_needs_a_full_ready() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.stabilize()
+    net["a"].propose(b"v")
+    net.process_ready("a")
+    net.deliver(only=lambda m: m.type is MessageType.APPEND)
+    net.process_all()  # b and c persist and answer
+    net.deliver(only=lambda m: m.type is MessageType.APPEND_RESP)
+    net.process_ready("a")  # a commits
+    net.take(MessageType.APPEND)  # the commit broadcast is lost
+    net["a"].tick()
+    net.process_ready("a")
+    beat = next(m for m in net.take(MessageType.HEARTBEAT) if m.to == "b")
+    assert beat.commit > net["b"].commit_index
+    net["b"].step(beat)
+    assert net["b"].take_messages_if_only() is None  # the commit must be applied
+    rd = net.process_ready("b")
+    assert rd is not None and [e.data for e in rd.committed_entries] == [b"v"]
