@@ -123,14 +123,17 @@ def _decode(data: bytes) -> Command:
         raise CodecError("command header is not an object")
     if tag == b"A":
         messages = []
-        while offset < len(data):
+        end = len(data)
+        while offset < end:
             (size,) = _U32.unpack_from(data, offset)
             offset += 4
-            if offset + size > len(data):
+            if offset + size > end:
                 raise CodecError("truncated message")
             messages.append(data[offset : offset + size])
             offset += size
-        tokens = tuple(_int(n) for n in header["n"])
+        tokens = tuple(header["n"])
+        for count in tokens:
+            _int(count)
         if not messages or len(tokens) != len(messages):
             raise CodecError("append needs one token count per message")
         return AppendMessages(
