@@ -17,9 +17,12 @@ Safety rules encoded here (see also README "Cluster"):
   and did not apply it yet (``admin.py`` says why that is safe): never a
   second, different bootstrap. A member that never prepared (or lost its
   data) is blank: it gets no group from the bootstrap; see the next rule.
-* A voter whose node reports itself blank lost (or never had) its replica:
-  it is removed from the group (it must not vote with an empty log) and then
-  re-added the normal way, as a learner that catches up.
+* A member whose live node reports that it does not host the group (its
+  data dir was wiped, or it never got the replica) is removed from the group
+  (it must not vote with an empty log) and then re-added the normal way, as
+  a learner that catches up. Statuses go out within 50 ms of a change in
+  the groups a node hosts, and a leader exists only a full election timeout
+  after a group is created, so a fresh replica is not mistaken for a lost one.
 * At most one action per group per round, and none for a group the executor
   still has busy; conf changes go through the group's leader one at a time.
 * A node is added as a learner, promoted only once caught up, and a voter is
@@ -127,14 +130,14 @@ def plan(view: ClusterView) -> list[PlannedAction]:
     if bootstrap is not None:
         return bootstrap
     reports = _leader_reports(statuses)
-    blank = frozenset(node for node, status in statuses.items() if status.blank)
+    hosting = {node: frozenset(status.hosted) for node, status in statuses.items()}
     actions: list[PlannedAction] = []
     settled: dict[int, GroupReport] = {}
     for group_id, (leader, report) in sorted(reports.items()):
         if group_id in view.busy_groups:
             continue
         desired = rendezvous_replicas(group_id, view.present, replication=view.replication)
-        action = _plan_group(view, group_id, leader, report, desired, blank)
+        action = _plan_group(view, group_id, leader, report, desired, hosting)
         if action is not None:
             actions.append(action)
         elif set(report.voters) == set(desired):
@@ -185,11 +188,11 @@ def _plan_group(
     leader: str,
     report: GroupReport,
     desired: list[str],
-    blank: frozenset[str],
+    hosting: Mapping[str, frozenset[int]],
 ) -> PlannedAction | None:
     voters, learners = set(report.voters), set(report.learners)
-    for member in sorted((voters | learners) & blank):
-        if member != leader:
+    for member in sorted(voters | learners):
+        if member != leader and member in hosting and group_id not in hosting[member]:
             return RemoveMember(group_id, member, leader)  # its replica is gone
     for learner in sorted(learners):
         if learner not in desired:

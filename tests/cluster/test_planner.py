@@ -126,6 +126,8 @@ def test_voter_that_lost_its_data_is_removed_then_re_added() -> None:
     statuses = running("a", rep, ("a", "b"), ("a", "b", "c"))
     statuses[2] = status("c", blank=True)
     assert plan(view(statuses)) == [RemoveMember(0, "c", "a")]
+    statuses[2] = status("c", hosted=(5,))  # not blank, but no replica of group 0
+    assert plan(view(statuses)) == [RemoveMember(0, "c", "a")]
     rep = report(("a", "b"))
     statuses = running("a", rep, ("a", "b"), ("a", "b", "c"))
     assert plan(view(statuses)) == [AddLearner(0, "c", "a")]
