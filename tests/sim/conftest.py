@@ -4,15 +4,12 @@ The options themselves (``--seed``, ``--sim-seeds``) are registered in the
 root ``tests/conftest.py`` so that ``pytest tests`` accepts them too.
 ``FASTPACA_SIM_SEED_BASE`` shifts the seed range so a soak run can explore
 seeds the default run never sees; ``FASTPACA_SIM_SAFETY_MS`` lengthens each
-run's fault phase (default 2000 ms of simulated time);
-``FASTPACA_SIM_READD_WIPED=1`` lets deleted replicas rejoin under their old id
-(FINDINGS.md, 2), to check a fix.
+run's fault phase (default 2000 ms of simulated time).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
 
@@ -39,11 +36,3 @@ def replay_seed(request: pytest.FixtureRequest) -> int | None:
 @pytest.fixture
 def sim_safety_ms() -> int:
     return int(os.environ.get("FASTPACA_SIM_SAFETY_MS", DEFAULT_SAFETY_MS))
-
-
-@pytest.fixture
-def sim_overrides() -> dict[str, Any]:
-    """Parameters set from the environment rather than drawn from the seed."""
-    if os.environ.get("FASTPACA_SIM_READD_WIPED") == "1":
-        return {"readd_wiped": True}
-    return {}

@@ -34,7 +34,7 @@ from fastpaca.raft.storage import MemoryStorage
 
 from .checker import InvariantViolation
 from .params import raft_config
-from .process import CrashPoint, GroupView, ProcessCrashed, Send
+from .process import CrashPoint, GroupView, ProcessCrashed, Send, caught_up
 
 if TYPE_CHECKING:
     from .simulator import NodeSlot, Simulator
@@ -305,6 +305,7 @@ class CoreProcess:
             applied_index=self._disk.groups[group].applied_index,
             last_index=core.last_index,
             conf_state=core.conf_state,
+            caught_up=caught_up(core),
         )
 
     def applied_state(self, group: int) -> object:

@@ -28,7 +28,7 @@ from fastpaca.raft.testing import KVStateMachine, put_command
 from .checker import InvariantViolation
 from .disk import DiskFault, SimDisk
 from .params import raft_config
-from .process import CrashPoint, GroupView, ProcessCrashed, Send
+from .process import CrashPoint, GroupView, ProcessCrashed, Send, caught_up
 
 if TYPE_CHECKING:
     from .simulator import NodeSlot, Simulator
@@ -212,6 +212,7 @@ class HostProcess:
             applied_index=self._sm.applied_index(group),
             last_index=core.last_index,
             conf_state=core.conf_state,
+            caught_up=caught_up(core),
         )
 
     def applied_state(self, group: int) -> object:

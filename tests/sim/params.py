@@ -74,9 +74,9 @@ class SimParams:
     """Small values make leaders refuse proposals (ProposalDropped)."""
     crash_points: tuple[str, ...] = CrashPoint.ALL
     """Where a planned crash may land inside an iteration (``CrashPoint``)."""
-    readd_wiped: bool = False
+    readd_wiped: bool
     """Let a node whose replica was deleted rejoin the group under the same
-    id (FINDINGS.md, 2). Not drawn: off unless ``FASTPACA_SIM_READD_WIPED=1``."""
+    id, as the coordinator does for a node that lost its data (FINDINGS.md, 2)."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -129,6 +129,7 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         max_inflight_msgs=rng.choice((1, 4, 64)),
         max_msg_bytes=rng.choice((64, 512, 1 << 20)),
         max_uncommitted_bytes=rng.choice((2048, 64 << 20, 64 << 20)),
+        readd_wiped=rng.random() < 0.7,
     )
 
 

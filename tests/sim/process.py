@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from fastpaca.raft.core import RaftNode
 from fastpaca.raft.messages import ConfChange, ConfState
 
-__all__ = ["CrashPoint", "GroupView", "NodeProcess", "ProcessCrashed", "Send"]
+__all__ = ["CrashPoint", "GroupView", "NodeProcess", "ProcessCrashed", "Send", "caught_up"]
 
 Send = Callable[[str, object], bool]
 """Hand (peer, payload) to the network. False when the transport knows the
@@ -51,6 +52,8 @@ class GroupView:
     applied_index: int
     last_index: int
     conf_state: ConfState
+    caught_up: tuple[str, ...] = ()
+    """On a leader: the members whose log reaches its commit index."""
 
 
 class NodeProcess(Protocol):
@@ -103,3 +106,15 @@ class NodeProcess(Protocol):
         """The group's applied state machine state, comparable with ``==``
         to ``Level.reference_state`` of the committed log."""
         ...
+
+
+def caught_up(core: RaftNode) -> tuple[str, ...]:
+    """A leader's members whose match index reaches its commit index."""
+    if not core.is_leader:
+        return ()
+    conf = core.conf_state
+    return tuple(
+        node
+        for node in sorted((*conf.voters, *conf.learners))
+        if (progress := core.progress(node)) is not None and progress.match >= core.commit_index
+    )

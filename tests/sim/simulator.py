@@ -290,9 +290,7 @@ class Simulator:
         storage = f"{self.params.storage} storage, " if self.level.name == "host" else ""
         env = ""
         if self.params.safety_ms != DEFAULT_SAFETY_MS:
-            env += f"FASTPACA_SIM_SAFETY_MS={self.params.safety_ms} "
-        if self.params.readd_wiped:
-            env += "FASTPACA_SIM_READD_WIPED=1 "
+            env = f"FASTPACA_SIM_SAFETY_MS={self.params.safety_ms} "
         return (
             f"seed {self.seed} ({self.level.name} level, {storage}"
             f"{len(self.params.node_ids)} nodes, {self.params.group_count} groups) "

@@ -6,8 +6,6 @@ first failing seed fails the test with a ``reproduce:`` line.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .level1 import CoreLevel
 from .runner import run_one, run_seeds
 from .simulator import Level, Simulator
@@ -17,12 +15,8 @@ def core_level(sim: Simulator, directory: str) -> Level:
     return CoreLevel(sim)
 
 
-def test_core_level_seeds(
-    sim_seeds: list[int], sim_safety_ms: int, sim_overrides: dict[str, Any]
-) -> None:
-    results, seconds = run_seeds(
-        sim_seeds, core_level, safety_ms=sim_safety_ms, overrides=sim_overrides
-    )
+def test_core_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
+    results, seconds = run_seeds(sim_seeds, core_level, safety_ms=sim_safety_ms)
     assert len(results) == len(sim_seeds)
     # The runs did real work: leaders were elected and proposals acknowledged.
     assert sum(r.stats["acked"] for r in results) > 0

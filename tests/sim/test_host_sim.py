@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,12 +24,8 @@ def host_level(sim: Simulator, directory: str) -> Level:
     return HostLevel(sim, directory)
 
 
-def test_host_level_seeds(
-    sim_seeds: list[int], sim_safety_ms: int, sim_overrides: dict[str, Any]
-) -> None:
-    results, seconds = run_seeds(
-        sim_seeds, host_level, safety_ms=sim_safety_ms, overrides=sim_overrides
-    )
+def test_host_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
+    results, seconds = run_seeds(sim_seeds, host_level, safety_ms=sim_safety_ms)
     assert len(results) == len(sim_seeds)
     # The runs did real work: leaders, acknowledged proposals, and (over
     # enough seeds) snapshots, membership changes and transfers.

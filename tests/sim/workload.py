@@ -16,7 +16,7 @@ from fastpaca.errors import RaftError
 from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
 
 if TYPE_CHECKING:
-    from .process import NodeProcess
+    from .process import GroupView, NodeProcess
     from .simulator import Simulator
 
 __all__ = ["Workload"]
@@ -33,9 +33,9 @@ class Workload:
         """(group, node) whose REMOVE was proposed: once applied on the leader,
         the node may delete its replica (a node merely not yet added may not)."""
         self._wiped: set[tuple[int, str]] = set()
-        """(group, node) whose replica was deleted: that node id never rejoins
-        the group, since an empty replica re-created under an old id breaks
-        Raft (FINDINGS.md, 2 and 3)."""
+        """(group, node) whose replica was deleted: it rejoins only on seeds
+        with ``readd_wiped``, and only once the deletion is written
+        (FINDINGS.md, 2 and 3)."""
 
     def start(self) -> None:
         p = self._params
@@ -164,7 +164,7 @@ class Workload:
         view = process.view(group)
         assert view is not None
         self._drop_removed_replicas(group, view.conf_state)
-        change = self._next_change(group, view.conf_state.voters, view.conf_state.learners)
+        change = self._next_change(group, view)
         if change is None:
             return
         if change.op is ConfChangeOp.REMOVE:
@@ -201,13 +201,16 @@ class Workload:
                 sim.remove_group(node_id, group)
                 self._wiped.add((group, node_id))
 
-    def _next_change(
-        self, group: int, voters: tuple[str, ...], learners: tuple[str, ...]
-    ) -> ConfChange | None:
-        """Walk membership through learner → voter → remove, keeping 2 to 4 voters."""
+    def _next_change(self, group: int, view: GroupView) -> ConfChange | None:
+        """Walk membership through learner → (caught up) voter → remove,
+        keeping 2 to 4 voters, as the coordinator does."""
         rng = self._sim.rng
+        voters, learners = view.conf_state.voters, view.conf_state.learners
         if learners:
-            return ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=rng.choice(sorted(learners)))
+            ready = sorted(set(learners) & set(view.caught_up))
+            if not ready:
+                return None  # promote only a learner that has caught up
+            return ConfChange(op=ConfChangeOp.ADD_VOTER, node_id=rng.choice(ready))
         readd = self._params.readd_wiped
         outsiders = sorted(
             n
