@@ -41,7 +41,7 @@ VERSION_MAX = 2**63 - 1
 
 # Printable ASCII but '%' (an escape) and '/': such a segment is its own
 # decoding and breaks no rule, so most ids skip the general check.
-_PLAIN_ID = re.compile(r"[!-$&-.0-~]{1,%d}" % CONVERSATION_ID_BYTES_MAX)
+_PLAIN_ID = re.compile(rf"[!-$&-.0-~]{{1,{CONVERSATION_ID_BYTES_MAX}}}")
 
 _APPEND_FIELDS = frozenset({"message", "messages", "if_version", "idempotency_key"})
 _MESSAGE_FIELDS = frozenset({"role", "parts", "metadata", "token_count"})
