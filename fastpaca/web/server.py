@@ -36,13 +36,15 @@ class Route:
 
 
 _CONVERSATION = "/v1/conversations/{id}"
+# aiohttp tries the resources under one static prefix in registration order
+# (a regex match each), so the busiest ones, appends and reads, come first.
 ROUTES: tuple[Route, ...] = (
-    Route("PUT", _CONVERSATION, rest.put_conversation),
-    Route("GET", _CONVERSATION, rest.get_conversation),
-    Route("DELETE", _CONVERSATION, rest.delete_conversation),
     Route("POST", _CONVERSATION + "/messages", rest.append_messages),
     Route("GET", _CONVERSATION + "/messages", rest.replay_messages),
     Route("GET", _CONVERSATION + "/tail", rest.tail_messages),
+    Route("PUT", _CONVERSATION, rest.put_conversation),
+    Route("GET", _CONVERSATION, rest.get_conversation),
+    Route("DELETE", _CONVERSATION, rest.delete_conversation),
     Route("GET", "/health/live", rest.health_live, is_rate_limited=False),
     Route("GET", "/health/ready", rest.health_ready, is_rate_limited=False),
     Route("GET", "/metrics", rest.metrics, is_rate_limited=False),
