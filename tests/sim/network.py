@@ -101,4 +101,6 @@ class SimNetwork:
             self.stats.delivered += 1
             self._deliver(sender, receiver, payload)
 
-        self._queue.schedule(delay_ms, f"net {sender}->{receiver}", arrive)
+        # The size makes the trace digest see what was sent, not only when.
+        size = len(payload) if isinstance(payload, bytes | tuple) else 0
+        self._queue.schedule(delay_ms, f"net {sender}->{receiver} {size}", arrive)
