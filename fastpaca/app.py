@@ -243,8 +243,12 @@ def _cluster_ctx(
     driver: RaftDriver, cluster: ClusterNode
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """Groups come from the coordinator (bootstrap, placement), not from here.
-    Stop order: no more topology changes, hand our leaderships over (the
-    transport still runs, so the transfers reach the peers), then go quiet."""
+
+    ``serve`` stops the cluster itself before ``runner.cleanup``: aiohttp
+    stops reading every connection when its shutdown begins, and the peers'
+    inbound links are such connections, so a leadership handed over after
+    that point is never seen to complete. The exit here covers the other
+    users of the app (tests), and is a no-op after ``serve`` did it."""
 
     async def raft(app: web.Application) -> AsyncIterator[None]:
         await driver.start()  # subscribes to the transport before it connects
@@ -255,12 +259,26 @@ def _cluster_ctx(
             extra={"type": "raft.started", "node_id": cluster.node_id},
         )
         yield
-        await cluster.stop_planning()
-        await driver.stop(transfer_leadership=True)
-        await cluster.stop()
-        await cluster.transport.stop()
+        await _stop_cluster(driver, cluster)  # no-op after the on_shutdown hook
 
     return raft
+
+
+async def _stop_cluster(driver: RaftDriver, cluster: ClusterNode) -> None:
+    """No more topology changes, hand our leaderships over (the transport
+    still runs, so the transfers reach the peers), then go quiet."""
+    if cluster.is_stopped:
+        return
+    started = asyncio.get_running_loop().time()
+    await cluster.stop_planning()
+    await driver.stop(transfer_leadership=True)
+    handed_over_s = asyncio.get_running_loop().time() - started
+    await cluster.stop()
+    await cluster.transport.stop()
+    _log.info(
+        "raft stopped (clustered)",
+        extra={"type": "raft.stopped", "handover_s": round(handed_over_s, 3)},
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -304,6 +322,8 @@ async def serve(settings: Settings) -> None:
         _log.warning(
             "drain timed out", extra={"type": "server.drain_timeout", "in_flight": in_flight.count}
         )
+    if node.cluster is not None:  # while aiohttp still reads the peers' links
+        await _stop_cluster(node.driver, node.cluster)
     await runner.cleanup()
     _log.info("stopped", extra={"type": "server.stopped"})
 

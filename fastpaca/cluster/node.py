@@ -114,6 +114,7 @@ class ClusterNode:
         )
         ForwardHandler(local, self.conversations.stats).register(self.rpc)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self.membership.set_discovered(config.static_members)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -138,8 +139,13 @@ class ClusterNode:
         """Stop deciding topology (first step of a shutdown)."""
         await self._cancel([t for t in self._tasks if t.get_name() != "cluster-gossip"])
 
+    @property
+    def is_stopped(self) -> bool:
+        return self._stopped
+
     async def stop(self) -> None:
         """After the driver stopped: stop telling peers, fail pending calls."""
+        self._stopped = True
         self.gossip.broadcast()  # our leaderships are gone: say so at once
         await self._cancel(self._tasks)
         await self.rpc.close()

@@ -100,7 +100,11 @@ def _front_middleware(in_flight: InFlightRequests, metrics: Metrics) -> Middlewa
 
     @web.middleware
     async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
-        in_flight.enter()
+        # A websocket (peer link, stream socket) is a connection, not a
+        # request: the drain must not wait for it; stopping the runner closes it.
+        counted = request.headers.get("Upgrade", "").lower() != "websocket"
+        if counted:
+            in_flight.enter()
         try:
             started = clock()
             try:
@@ -114,7 +118,8 @@ def _front_middleware(in_flight: InFlightRequests, metrics: Metrics) -> Middlewa
                 response.force_close()
             return response
         finally:
-            in_flight.leave()
+            if counted:
+                in_flight.leave()
 
     return front
 

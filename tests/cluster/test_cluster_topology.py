@@ -182,8 +182,10 @@ async def test_rolling_restart_with_sigterm_fails_no_request(cluster: LocalClust
             for node in cluster.nodes:
                 writer.targets = [n for n in cluster.nodes if n is not node]
                 await asyncio.sleep(0.3)
+                stopping = time.monotonic()
                 node.terminate()
                 assert node.wait_exit(15) == 0
+                assert time.monotonic() - stopping < 10  # DESIGN: drained and gone within 10 s
                 cluster.start(node)
                 await wait_ready(node)
                 writer.targets = list(cluster.nodes)
