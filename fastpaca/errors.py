@@ -56,7 +56,9 @@ class LeadershipLost(RaftError):
     commit under the new leader, so retries must carry an idempotency key."""
 
     def __init__(self, group_id: int, leader_hint: str | None) -> None:
-        super().__init__(f"group {group_id}: leadership lost (new leader: {leader_hint or 'unknown'})")
+        super().__init__(
+            f"group {group_id}: leadership lost (new leader: {leader_hint or 'unknown'})"
+        )
         self.group_id = group_id
         self.leader_hint = leader_hint
 
