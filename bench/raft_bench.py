@@ -54,6 +54,7 @@ def line(label: str, summary: dict[str, float]) -> str:
         f"{label:<34s} {summary['ops_per_s']:>9.0f} ops/s   p50 {summary['p50_ms']:8.2f} ms"
         f"   p99 {summary['p99_ms']:8.2f} ms   ({int(summary['ops'])} ops,"
         f" {int(summary['failures'])} failed)"
+        + (f"  cpu {summary['cpu_us_per_op']:.0f} us/op" if "cpu_us_per_op" in summary else "")
     )
 
 
@@ -155,7 +156,13 @@ async def bench_loopback(groups: int, *, ops: int, inflight: int, rate: float) -
                         result: dict[str, object] = await resp.json()
                         return result
 
+                async def cpu_s(node: str) -> float:
+                    async with http.get(f"http://127.0.0.1:{ports[node]}/cpu") as resp:
+                        return float((await resp.json())["cpu_s"])
+
+                cpu_before = await asyncio.gather(*(cpu_s(node) for node in NODES))
                 parts = await asyncio.gather(*(load(node) for node in NODES))
+                cpu_after = await asyncio.gather(*(cpu_s(node) for node in NODES))
     latencies: list[float] = [x for part in parts for x in part["latencies_ms"]]  # type: ignore[attr-defined]
     merged = LoadResult(
         ops=sum(int(p["ops"]) for p in parts),  # type: ignore[call-overload]
@@ -163,7 +170,12 @@ async def bench_loopback(groups: int, *, ops: int, inflight: int, rate: float) -
         elapsed_s=max(float(p["elapsed_s"]) for p in parts),  # type: ignore[arg-type]
         latencies_ms=latencies,
     )
-    return merged.summary()
+    summary = merged.summary()
+    # CPU of the three processes per committed op: unlike ops/s it barely
+    # moves with what else runs on this shared machine.
+    cpu_used_s = sum(after - before for before, after in zip(cpu_before, cpu_after, strict=True))
+    summary["cpu_us_per_op"] = cpu_used_s / max(1, merged.ops) * 1e6
+    return summary
 
 
 async def _await_process_leaders(

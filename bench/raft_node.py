@@ -4,6 +4,7 @@ A ``RaftDriver`` over fsync'd LevelDB in ``--data-dir``, the websocket peer
 transport, the key-value test state machine, and two control routes:
 
     GET  /status  {"leaders": {group: leader or null}}
+    GET  /cpu     {"cpu_s": CPU seconds this process used so far (all threads)}
     POST /load    {"ops", "inflight", "rate_per_s", "payload_bytes"} -> runs the
                   load on the groups this node leads; replies with its figures
                   and latency samples
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -73,7 +75,12 @@ async def main() -> None:
 
     app = web.Application(client_max_size=1 << 20)
     add_cluster_route(app, transport)
+
+    async def cpu(request: web.Request) -> web.Response:
+        return web.json_response({"cpu_s": time.process_time()})
+
     app.router.add_get("/status", status)
+    app.router.add_get("/cpu", cpu)
     app.router.add_post("/load", load)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
