@@ -15,6 +15,7 @@ is dropped and counted, never raised; broken invariants raise
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fastpaca.errors import InvariantViolation, NotLeader, ProposalDropped
@@ -175,6 +176,24 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         """Append a command; it is sent with the next ``ready()``."""
         self._check_can_propose(len(data))
         return self._append_entries([Entry(index=0, term=0, data=data)])
+
+    def propose_many(self, commands: Sequence[bytes]) -> tuple[int, int]:
+        """Append several commands at once, all or none: (index of the first,
+        term); the rest follow one index apart. The driver's hot path: one
+        check and one append for everything proposed to a group in a loop
+        pass, instead of one each."""
+        size_bytes = sum(map(len, commands))
+        self._check_can_propose(size_bytes)
+        first, term = self._log.last_index() + 1, self._term
+        self._log.append(
+            [
+                Entry(index=index, term=term, data=data)
+                for index, data in enumerate(commands, start=first)
+            ]
+        )
+        self._uncommitted_bytes += size_bytes
+        self._entries_to_broadcast = True
+        return first, term
 
     def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
         self._check_can_propose(0)

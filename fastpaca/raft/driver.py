@@ -320,17 +320,37 @@ class RaftDriver:
         for op in ops:
             op()
         proposals, self._proposals = self._proposals, []
-        host, waiters = self._host, self._waiters
+        by_group: dict[int, list[tuple[bytes, asyncio.Future[Any], float]]] = {}
         for group_id, data, future, started in proposals:
-            if future.done():
-                continue  # timed out or cancelled while queued
+            if not future.done():  # else timed out or cancelled while queued
+                queued = by_group.get(group_id)
+                if queued is None:
+                    by_group[group_id] = [(data, future, started)]
+                else:
+                    queued.append((data, future, started))
+        for group_id, queued in by_group.items():
+            self._propose_queued(group_id, queued)
+
+    def _propose_queued(
+        self, group_id: int, queued: list[tuple[bytes, asyncio.Future[Any], float]]
+    ) -> None:
+        """One append for a group's queued proposals, in arrival order; one
+        by one when the batch as a whole is refused (some may still fit)."""
+        try:
+            first, term = self._host.propose_many(group_id, [data for data, _, _ in queued])
+        except (NotLeader, ProposalDropped):
+            pass
+        else:
+            self._waiters.add_proposals(group_id, first, term, queued)
+            return
+        for data, future, started in queued:
             try:
-                index, term = host.propose(group_id, data)
+                index, term = self._host.propose(group_id, data)
             except (NotLeader, ProposalDropped) as exc:
                 self.stats.proposals_rejected += 1
                 future.set_exception(exc)
                 continue
-            waiters.add_proposal(group_id, index, term, started, future)
+            self._waiters.add_proposal(group_id, index, term, started, future)
 
     async def _iterate(self) -> None:
         iteration = self._host.prepare()

@@ -279,6 +279,13 @@ class NodeHost:
         self._dirty.add(group_id)
         return index_term
 
+    def propose_many(self, group_id: int, commands: Sequence[bytes]) -> tuple[int, int]:
+        """(index of the first, term) of the new entries, all or none; see
+        ``RaftNode.propose_many``."""
+        first_term = self._leader_core(group_id).propose_many(commands)
+        self._dirty.add(group_id)
+        return first_term
+
     def propose_conf_change(self, group_id: int, cc: ConfChange) -> tuple[int, int]:
         index_term = self._leader_core(group_id).propose_conf_change(cc)
         self._dirty.add(group_id)

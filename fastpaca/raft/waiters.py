@@ -55,6 +55,20 @@ class Waiters:
         self._proposals.setdefault(group_id, {})[index] = (term, started, future)
         self._proposal_count += 1
 
+    def add_proposals(
+        self,
+        group_id: int,
+        first_index: int,
+        term: int,
+        queued: Sequence[tuple[bytes, asyncio.Future[Any], float]],
+    ) -> None:
+        """``add_proposal`` for entries ``first_index, first_index + 1, ...``
+        of one term, given as (command, future, call time)."""
+        pending = self._proposals.setdefault(group_id, {})
+        for index, (_, future, started) in enumerate(queued, start=first_index):
+            pending[index] = (term, started, future)
+        self._proposal_count += len(queued)
+
     def add_read(self, group_id: int, context: bytes, future: asyncio.Future[None]) -> None:
         self._reads[context] = (group_id, future)
 

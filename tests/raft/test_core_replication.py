@@ -308,3 +308,29 @@ def test_heartbeat_that_moves_commit_needs_a_full_ready() -> None:
     assert net["b"].take_messages_if_only() is None  # the commit must be applied
     rd = net.process_ready("b")
     assert rd is not None and [e.data for e in rd.committed_entries] == [b"v"]
+
+
+def test_propose_many_appends_consecutive_entries_that_replicate_in_order() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    before = net["a"].last_index
+    first, term = net["a"].propose_many([b"x", b"y", b"z"])
+    assert (first, term) == (before + 1, net["a"].term)
+    assert net["a"].last_index == before + 3
+    net.stabilize()
+    for node_id in "abc":
+        assert net.applied_data(node_id)[-3:] == [b"x", b"y", b"z"]
+
+
+def test_propose_many_is_all_or_none() -> None:
+    net = Network(["a", "b", "c"], max_uncommitted_bytes=1000)
+    net.elect("a")
+    net["a"].propose(b"p" * 600)  # uncommitted: 600 bytes
+    last = net["a"].last_index
+    with pytest.raises(ProposalDropped):
+        net["a"].propose_many([b"q" * 100, b"r" * 400])  # 600 + 500 > 1000
+    assert net["a"].last_index == last
+    net["a"].propose(b"q" * 100)  # one that fits still goes in
+    assert net["a"].last_index == last + 1
+    with pytest.raises(NotLeader):
+        net["b"].propose_many([b"s"])
