@@ -11,8 +11,8 @@ Checked:
 * log matching — an (index, term) names one entry and one predecessor term
   across every node's persisted log, which by induction makes equal
   (index, term) imply equal prefixes;
-* leader completeness — a new leader's log holds every entry committed so
-  far (checked when it wins);
+* leader completeness — a new leader's log holds every entry committed in an
+  earlier term (checked when it wins);
 * commit stability — once any node commits (group, index) it is that
   (term, data) forever, on every node;
 * state machine safety — each replica applies a contiguous run of indexes and
@@ -56,6 +56,8 @@ class InvariantChecker:
     """(group, index, term) → (type, data, term of index - 1), across all logs."""
     committed: dict[tuple[int, int], _Committed] = field(default_factory=dict)
     committed_upto: dict[int, int] = field(default_factory=dict)
+    commit_term_bound: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(group, index) → a term by which the entry was known to be committed."""
     applied_index: dict[tuple[str, int], int] = field(default_factory=dict)
     data_index: dict[tuple[int, bytes], int] = field(default_factory=dict)
     acked: dict[tuple[int, bytes], int] = field(default_factory=dict)
@@ -86,14 +88,16 @@ class InvariantChecker:
         term: int,
         log: tuple[int, int, Callable[[int], int]],
     ) -> None:
-        """A new leader's log holds every entry committed so far (§5.4).
-        ``log`` is (first index, last index, term of an index) of its log;
-        entries below the first index are in its snapshot."""
+        """The leader of ``term`` holds every entry committed in an earlier
+        term (§5.4). ``log`` is (first index, last index, term of an index) of
+        its log; entries below the first index are in its snapshot. Only
+        entries known to be committed before ``term`` count: a leader seen
+        late (it was paused) may trail commits made in later terms."""
         first, last, term_at = log
         upto = self.committed_upto.get(group, 0)
         for index in range(max(first, 1), upto + 1):
             known = self.committed.get((group, index))
-            if known is None:
+            if known is None or self.commit_term_bound[(group, index)] >= term:
                 continue
             self.checks += 1
             mine = term_at(index) if index <= last else None
@@ -125,10 +129,14 @@ class InvariantChecker:
 
     # --- commits and applies -----------------------------------------------
 
-    def observe_committed(self, node: str, group: int, entry: Entry) -> None:
+    def observe_committed(self, node: str, group: int, entry: Entry, term: int) -> None:
+        """``node``, now in ``term``, knows ``entry`` is committed; so it was
+        committed in ``term`` or earlier."""
         self.checks += 1
         mine = _Committed(entry.term, entry.type, entry.data)
-        known = self.committed.setdefault((group, entry.index), mine)
+        key = (group, entry.index)
+        known = self.committed.setdefault(key, mine)
+        self.commit_term_bound[key] = min(self.commit_term_bound.get(key, term), term)
         if entry.index > self.committed_upto.get(group, 0):
             self.committed_upto[group] = entry.index
         if known != mine:
@@ -145,7 +153,8 @@ class InvariantChecker:
         self.snapshots_installed += 1
         self.reset_applied(node, group, index)
 
-    def observe_applied(self, node: str, group: int, entries: Iterable[Entry]) -> None:
+    def observe_applied(self, node: str, group: int, entries: Iterable[Entry], term: int) -> None:
+        """``node``, now in ``term``, applied ``entries`` (so they are committed)."""
         for entry in entries:
             last = self.applied_index.get((node, group), 0)
             if entry.index != last + 1:
@@ -154,7 +163,7 @@ class InvariantChecker:
                     f"group {group} on {node}: applied {entry.index} after {last}",
                 )
             self.applied_index[(node, group)] = entry.index
-            self.observe_committed(node, group, entry)
+            self.observe_committed(node, group, entry, term)
             if entry.type is EntryType.NORMAL and entry.data:
                 at = self.data_index.setdefault((group, entry.data), entry.index)
                 if at != entry.index:

@@ -238,7 +238,7 @@ class CoreProcess:
             storage.set_hard_state(rd.hard_state)
             lo = max(old_commit + 1, storage.first_index())
             for entry in storage.entries(lo, rd.hard_state.commit + 1):
-                checker.observe_committed(self.node_id, group, entry)
+                checker.observe_committed(self.node_id, group, entry, core.term)
 
     def _send_all(self, readies: list[tuple[int, RaftNode, Ready]], send: Send) -> None:
         outbox: dict[str, list[Envelope]] = {}
@@ -274,7 +274,7 @@ class CoreProcess:
         gd = self._disk.groups[group]
         checker = self._sim.checker
         entries = rd.committed_entries
-        checker.observe_applied(self.node_id, group, entries)
+        checker.observe_applied(self.node_id, group, entries, core.term)
         for entry in entries:
             if entry.type is EntryType.CONF_CHANGE:
                 conf = core.apply_conf_change(decode_conf_change(entry.data))

@@ -170,7 +170,7 @@ class HostProcess:
             if rd.hard_state is not None:
                 self._observe_commit(group, rd.hard_state.commit)
             if processed.applied is not None:
-                checker.observe_applied(self.node_id, group, processed.applied.entries)
+                checker.observe_applied(self.node_id, group, processed.applied.entries, core.term)
 
     def _observe_commit(self, group: int, commit: int) -> None:
         core = self._host.core(group)
@@ -186,7 +186,7 @@ class HostProcess:
         except CompactedError:
             return
         for entry in entries:
-            self._sim.checker.observe_committed(self.node_id, group, entry)
+            self._sim.checker.observe_committed(self.node_id, group, entry, core.term)
 
     def _observe_result(self, result: IterationResult) -> None:
         checker = self._sim.checker

@@ -189,29 +189,29 @@ def test_checker_catches_log_mismatch() -> None:
 
 def test_checker_catches_a_changed_commit() -> None:
     checker = InvariantChecker()
-    checker.observe_committed("n1", 0, _entry(1, 1, b"a"))
+    checker.observe_committed("n1", 0, _entry(1, 1, b"a"), 1)
     with pytest.raises(InvariantViolation, match="commit stability"):
-        checker.observe_committed("n2", 0, _entry(1, 2, b"a"))
+        checker.observe_committed("n2", 0, _entry(1, 2, b"a"), 2)
 
 
 def test_checker_catches_apply_gaps_and_duplicates() -> None:
     checker = InvariantChecker()
-    checker.observe_applied("n1", 0, [_entry(1, 1, b"a"), _entry(2, 1, b"b")])
+    checker.observe_applied("n1", 0, [_entry(1, 1, b"a"), _entry(2, 1, b"b")], 1)
     with pytest.raises(InvariantViolation, match="apply order"):
-        checker.observe_applied("n1", 0, [_entry(4, 1, b"c")])
+        checker.observe_applied("n1", 0, [_entry(4, 1, b"c")], 1)
     with pytest.raises(InvariantViolation, match="exactly once"):
         checker.observe_applied(
-            "n2", 0, [_entry(1, 1, b"a"), _entry(2, 1, b"b"), _entry(3, 1, b"a")]
+            "n2", 0, [_entry(1, 1, b"a"), _entry(2, 1, b"b"), _entry(3, 1, b"a")], 1
         )
     fresh = InvariantChecker()
     fresh.reset_applied("n3", 0, 2)  # e.g. restored a snapshot at 2
-    fresh.observe_applied("n3", 0, [Entry(index=3, term=1, type=EntryType.CONF_CHANGE)])
+    fresh.observe_applied("n3", 0, [Entry(index=3, term=1, type=EntryType.CONF_CHANGE)], 1)
     assert fresh.applied_index[("n3", 0)] == 3
 
 
 def test_checker_catches_false_acks_lost_acks_and_stale_reads() -> None:
     checker = InvariantChecker()
-    checker.observe_applied("n1", 0, [_entry(1, 1, b"a")])
+    checker.observe_applied("n1", 0, [_entry(1, 1, b"a")], 1)
     with pytest.raises(InvariantViolation, match="acknowledgement"):
         checker.observe_ack(0, b"b", 1)
     checker.observe_read_requested(0, b"r0")
@@ -230,9 +230,11 @@ def test_checker_catches_false_acks_lost_acks_and_stale_reads() -> None:
 def test_checker_catches_a_leader_missing_committed_entries() -> None:
     checker = InvariantChecker()
     for index in (1, 2, 3):
-        checker.observe_committed("n1", 0, _entry(index, 1))
+        checker.observe_committed("n1", 0, _entry(index, 1), 1)
     terms = {1: 1, 2: 1, 3: 1}
     checker.check_leader_completeness("n2", 0, 2, (1, 3, terms.__getitem__))
+    # A leader of term 1 seen late need not hold what was committed in term 1.
+    checker.check_leader_completeness("n4", 0, 1, (1, 1, terms.__getitem__))
     checker.check_leader_completeness("n2", 0, 2, (3, 3, terms.__getitem__))  # 1-2 in snapshot
     with pytest.raises(InvariantViolation, match="leader completeness"):
         checker.check_leader_completeness("n3", 0, 2, (1, 2, terms.__getitem__))
