@@ -36,6 +36,11 @@ class StoreReader:
     def __init__(self, kv: KVView) -> None:
         self._kv = kv
 
+    def state(self, group_id: int, conversation_id: str) -> ConversationState | None:
+        """The counters alone (what a message read needs), without the metadata."""
+        raw = self._kv.get(keys.conversation_key(group_id, conversation_id))
+        return None if raw is None else ConversationState.decode(raw)
+
     def conversation(self, group_id: int, conversation_id: str) -> ConversationView | None:
         raw = self._kv.get(keys.conversation_key(group_id, conversation_id))
         if raw is None:

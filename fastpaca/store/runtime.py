@@ -165,30 +165,32 @@ class ConversationRuntime:
         return result
 
     async def get(self, conversation_id: str) -> ConversationView:
-        _, view = await self._read_view(conversation_id)
+        group_id = await self._barrier(conversation_id)
+        view = self._reader.conversation(group_id, conversation_id)
+        if view is None:
+            raise ConversationNotFound(f"Conversation {conversation_id!r} not found")
         return view
 
     async def tail(self, conversation_id: str, *, limit: int, offset: int) -> list[StoredMessage]:
-        group_id, view = await self._read_view(conversation_id)
-        last_seq = view.state.last_seq
+        group_id, last_seq = await self._last_seq(conversation_id)
         return self._reader.tail(group_id, conversation_id, last_seq, limit=limit, offset=offset)
 
     async def replay(
         self, conversation_id: str, *, from_seq: int, limit: int
     ) -> list[StoredMessage]:
-        group_id, view = await self._read_view(conversation_id)
-        last_seq = view.state.last_seq
+        group_id, last_seq = await self._last_seq(conversation_id)
         return self._reader.replay(
             group_id, conversation_id, last_seq, from_seq=from_seq, limit=limit
         )
 
-    async def _read_view(self, conversation_id: str) -> tuple[int, ConversationView]:
-        """The conversation's group and its state, after the read barrier."""
+    async def _last_seq(self, conversation_id: str) -> tuple[int, int]:
+        """The conversation's group and last seq, after the read barrier
+        (message reads need no metadata: one LevelDB get, not two)."""
         group_id = await self._barrier(conversation_id)
-        view = self._reader.conversation(group_id, conversation_id)
-        if view is None:
+        state = self._reader.state(group_id, conversation_id)
+        if state is None:
             raise ConversationNotFound(f"Conversation {conversation_id!r} not found")
-        return group_id, view
+        return group_id, state.last_seq
 
     async def _barrier(self, conversation_id: str) -> int:
         group_id = self.group_of(conversation_id)
