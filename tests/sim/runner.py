@@ -1,4 +1,4 @@
-"""Run many seeds of one level and report the first failure reproducibly.
+"""Run many seeds of one level and report every failure reproducibly.
 
 Owns the loop the tests share: build a ``Simulator`` per seed (with a fresh
 temp dir for LevelDB), run it, collect results, and turn failures into one
