@@ -71,6 +71,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         self._step_role = self._step_follower
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        self._ticks = 0
         self._randomized_election_timeout = config.election_timeout_ticks
         self._messages = []
         self._read_states = []
@@ -164,6 +165,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         something to hand out (messages or a role change): the host visits
         only those groups, so an idle tick costs one call per group."""
         outbox, role = len(self._messages), self._role
+        self._ticks += 1
         if role is _LEADER:
             self._tick_heartbeat()
         else:

@@ -93,7 +93,10 @@ class ElectionMixin(NodeState):
             self._vote = None
         self._leader_id = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
+        # In phase with the tick count, not with this election: the leaders of
+        # a host (ticked together) then beat on the same ticks, and their
+        # heartbeats share one frame per peer instead of one frame per tick.
+        self._heartbeat_elapsed = self._ticks % self._config.heartbeat_interval_ticks
         self._reset_randomized_election_timeout()
         self._lead_transferee = None
         self._tracker.reset_votes()

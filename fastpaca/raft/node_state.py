@@ -73,6 +73,8 @@ class NodeState:
     """Ticks since the last election timeout (leader) or since we last heard
     from a leader or granted a vote (others)."""
     _heartbeat_elapsed: int
+    _ticks: int
+    """Ticks since this node was built (heartbeat phase)."""
     _randomized_election_timeout: int
     _messages: list[Message]
     """Outbox, handed out with the next Ready."""

@@ -334,3 +334,18 @@ def test_propose_many_is_all_or_none() -> None:
     assert net["a"].last_index == last + 1
     with pytest.raises(NotLeader):
         net["b"].propose_many([b"s"])
+
+
+def test_heartbeats_keep_the_phase_of_the_tick_count_not_of_the_election() -> None:
+    net = Network(["a", "b", "c"], heartbeat_interval_ticks=3)
+    net["a"].tick()
+    net["a"].tick()  # a has seen 2 ticks when it wins
+    net.elect("a")
+    net.queue.clear()
+    beats_at = []
+    for tick in range(3, 10):
+        net["a"].tick()
+        net.process_ready("a")
+        if net.take(MessageType.HEARTBEAT):
+            beats_at.append(tick)
+    assert beats_at == [3, 6, 9]  # with every other leader of the host ticked alike
