@@ -250,15 +250,24 @@ class RoutedConversations:
             except (PeerUnavailable, RpcTimeout, Unavailable, TimeoutError):
                 pass  # unknown outcome, but every operation is safe to repeat
             self.stats.retries += 1
-            if hint is None or hint == target:
+            if not self._is_usable_hint(hint, target):  # nowhere new to go: back off
                 await asyncio.sleep(min(pause_s, max(0.0, deadline - loop.time())))
                 pause_s = min(pause_s * 2, _PAUSE_MAX_S)
         raise AssertionError("unreachable")
 
+    def _is_usable_hint(self, hint: str | None, tried: str | None) -> bool:
+        """A leader hint worth retrying at once: another node we can reach
+        (a dead leader's name, as a follower may still report it, is not)."""
+        return (
+            hint is not None
+            and hint != tried
+            and (hint == self._node_id or hint in self._connected())
+        )
+
     def _pick_target(self, group_id: int, hint: str | None, attempt: int) -> str | None:
-        connected = self._connected()
-        if hint is not None and (hint == self._node_id or hint in connected):
+        if self._is_usable_hint(hint, None):
             return hint
+        connected = self._connected()
         leader = self._directory.leader_of(group_id)
         if leader is not None and (leader == self._node_id or leader in connected):
             return leader

@@ -137,3 +137,14 @@ async def test_no_leader_anywhere_ends_unavailable_at_the_deadline() -> None:
     with pytest.raises(Unavailable):
         await router(peers, Directory(None), timeout_s=0.3).get("c")
     assert 2 <= len(peers.calls) < 100  # backed off, did not spin
+
+
+async def test_a_hint_naming_an_unreachable_node_backs_off() -> None:
+    # A follower may still name the dead leader: retrying at once would spin.
+    def stale_hint(peer: str, args: dict[str, Any]) -> bytes:
+        raise RemoteError("not_leader", "n9")
+
+    peers = ScriptedPeers([stale_hint] * 1000)
+    with pytest.raises(Unavailable):
+        await router(peers, Directory(None), timeout_s=0.3).get("c")
+    assert 2 <= len(peers.calls) <= 10, len(peers.calls)
