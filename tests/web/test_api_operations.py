@@ -28,9 +28,15 @@ async def test_metrics_expose_design_series(client: TestClient) -> None:
     await client.put("/v1/conversations/c1")
     message = {"role": "assistant", "parts": [{"type": "text", "text": "x" * 40}]}
     await client.post("/v1/conversations/c1/messages", json={"message": message})
-    response = await client.get("/metrics")
-    assert response.status == 200 and response.content_type == "text/plain"
-    text = await response.text()
+    # The Raft gauges are refreshed once per driver tick (50 ms): scrape until
+    # they have caught up with the start-up, as Prometheus would a moment later.
+    for _ in range(100):
+        response = await client.get("/metrics")
+        assert response.status == 200 and response.content_type == "text/plain"
+        text = await response.text()
+        if "fastpaca_raft_groups_hosted 4.0" in text and "fastpaca_raft_leaders 4.0" in text:
+            break
+        await asyncio.sleep(0.02)
     assert 'fastpaca_messages_append_total{role="assistant",source="http"} 1.0' in text
     assert 'fastpaca_messages_token_count_bucket{le="16.0"} 1.0' in text
     assert "fastpaca_messages_token_count_sum 10.0" in text
