@@ -171,6 +171,12 @@ async def bench_loopback(groups: int, *, ops: int, inflight: int, rate: float) -
         latencies_ms=latencies,
     )
     summary = merged.summary()
+    kinds: dict[str, int] = {}
+    for part in parts:
+        for kind, count in dict(part.get("failure_kinds") or {}).items():  # type: ignore[call-overload]
+            kinds[kind] = kinds.get(kind, 0) + int(count)
+    if kinds:
+        print(f"  failures: {kinds}", flush=True)
     # CPU of the three processes per committed op: unlike ops/s it barely
     # moves with what else runs on this shared machine.
     cpu_used_s = sum(after - before for before, after in zip(cpu_before, cpu_after, strict=True))

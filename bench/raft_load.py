@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastpaca.raft.driver import RaftDriver
 from fastpaca.raft.testing import put_command
@@ -24,6 +24,9 @@ class LoadResult:
     failures: int
     elapsed_s: float
     latencies_ms: list[float]
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    """Why proposals failed: the exception's name, or "no leader" when the
+    group had none here when its turn came."""
 
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies_ms)
@@ -49,6 +52,7 @@ async def run_load(
     payload = os.urandom(payload_bytes)
     latencies_ms: list[float] = []
     failures = 0
+    failure_kinds: dict[str, int] = {}
     next_op = 0
     started = time.perf_counter()
 
@@ -66,6 +70,7 @@ async def run_load(
             driver = leader_for(group)
             if driver is None:
                 failures += 1
+                failure_kinds["no leader"] = failure_kinds.get("no leader", 0) + 1
                 await asyncio.sleep(0.01)
                 continue
             t0 = time.perf_counter()
@@ -73,10 +78,13 @@ async def run_load(
                 await driver.propose(
                     group, put_command(b"k%d" % (op % 1024), payload), timeout_s=10
                 )
-            except Exception:
+            except Exception as exc:
                 failures += 1
+                kind = type(exc).__name__
+                failure_kinds[kind] = failure_kinds.get(kind, 0) + 1
                 continue
             latencies_ms.append((time.perf_counter() - t0) * 1000.0)
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(inflight, ops)))))
-    return LoadResult(len(latencies_ms), failures, time.perf_counter() - started, latencies_ms)
+    elapsed_s = time.perf_counter() - started
+    return LoadResult(len(latencies_ms), failures, elapsed_s, latencies_ms, failure_kinds)

@@ -70,7 +70,11 @@ async def main() -> None:
             inflight=spec["inflight"], payload_bytes=spec["payload_bytes"],
             rate_per_s=spec["rate_per_s"],
         )  # fmt: skip
-        body = {**result.summary(), "latencies_ms": result.latencies_ms}
+        body = {
+            **result.summary(),
+            "latencies_ms": result.latencies_ms,
+            "failure_kinds": result.failure_kinds,
+        }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     app = web.Application(client_max_size=1 << 20)
