@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -88,19 +89,24 @@ async def writer(
 
 async def chaos(
     cluster: LocalCluster, available: list[ClusterNodeProcess], cycles: int, rng: random.Random
-) -> None:
+) -> tuple[int, str | None]:
     """Writers use ``available``: a victim leaves it before the kill and comes
-    back once ready, as behind a load balancer that checks /health/ready."""
+    back once ready, as behind a load balancer that checks /health/ready.
+    Returns the cycles run and, if a node failed to come back, why."""
     for cycle in range(1, cycles + 1):
         victim: ClusterNodeProcess = rng.choice(cluster.nodes)
         available.remove(victim)
         victim.kill()
         await asyncio.sleep(rng.uniform(0.2, 2.0))
         cluster.start(victim)
-        await wait_ready(victim, timeout_s=60)
+        try:
+            await wait_ready(victim, timeout_s=60)
+        except AssertionError as exc:
+            return cycle, f"cycle {cycle}: {victim.name} did not come back: {str(exc)[-1500:]}"
         available.append(victim)
         if cycle % 10 == 0:
             print(f"  cycle {cycle}/{cycles}", flush=True)
+    return cycles, None
 
 
 async def audit(
@@ -108,9 +114,8 @@ async def audit(
 ) -> list[str]:
     problems = []
     for state in states:
-        stored = [
-            m["parts"][0]["text"] for m in await history(session, cluster.nodes[0].url, state.cid)
-        ]
+        url = cluster.running()[0].url
+        stored = [m["parts"][0]["text"] for m in await history(session, url, state.cid)]
         if len(stored) != len(set(stored)):
             problems.append(f"{state.cid}: duplicate messages")
         positions = {text: i for i, text in enumerate(stored)}
@@ -151,12 +156,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             started = time.monotonic()
             available = list(cluster.nodes)
             tasks = [asyncio.create_task(writer(session, available, s, stop, rng)) for s in states]
-            await chaos(cluster, available, args.cycles, rng)
+            cycles, crash = await chaos(cluster, available, args.cycles, rng)
             await asyncio.sleep(2.0)
             stop.set()
             await asyncio.gather(*tasks)
             elapsed = time.monotonic() - started
             await cluster.wait_ready(timeout_s=60)
+            if crash is not None:  # audit what the survivors serve, keep the evidence
+                problems = [crash, *await audit(session, cluster, states)]
+                print(f"soak: stopped after {cycles} cycles; data and logs in {workdir}")
+                report(args, cycles, elapsed, states, problems)
+                return 1
             problems = await audit(session, cluster, states)
             await asyncio.sleep(2.0)  # let the last commit index reach every follower
         for node in cluster.nodes:
@@ -171,17 +181,27 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
                 problems.append(f"{cid}: replicas disagree ({[len(c) for c in copies]} messages)")
     finally:
         cluster.stop_all()
+    report(args, cycles, elapsed, states, problems)
+    return 1 if problems else 0
+
+
+def report(
+    args: argparse.Namespace,
+    cycles: int,
+    elapsed: float,
+    states: list[WriterState],
+    problems: list[str],
+) -> None:
     acknowledged = sum(len(s.acknowledged) for s in states)
     refused = sum(s.refused for s in states)
     print(
-        f"soak: {args.cycles} kill -9/restart cycles in {elapsed:.0f} s, {args.writers} writers: "
+        f"soak: {cycles} kill -9/restart cycles in {elapsed:.0f} s, {args.writers} writers: "
         f"{acknowledged} appends acknowledged ({acknowledged / elapsed:.0f}/s), {refused} refused; "
         f"longest stretch of failures for one writer {max(s.longest_outage_s for s in states):.2f} s"
     )
     for problem in problems:
         print("VIOLATION:", problem)
     print("soak: OK, nothing acknowledged lost, replicas agree" if not problems else "soak: FAILED")
-    return 1 if problems else 0
 
 
 def main() -> None:
@@ -191,14 +211,17 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the data and logs directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the data and logs (always kept on failure)"
+    )
     args = parser.parse_args()
-    if args.keep:
-        workdir = Path(tempfile.mkdtemp(prefix="cluster-soak-"))
-        print(f"data and logs in {workdir}")
-        sys.exit(asyncio.run(run(args, workdir)))
-    with tempfile.TemporaryDirectory(prefix="cluster-soak-") as tmp:
-        sys.exit(asyncio.run(run(args, Path(tmp))))
+    workdir = Path(tempfile.mkdtemp(prefix="cluster-soak-"))
+    status = asyncio.run(run(args, workdir))
+    if status == 0 and not args.keep:
+        shutil.rmtree(workdir)
+    else:
+        print(f"data and logs kept in {workdir}")
+    sys.exit(status)
 
 
 if __name__ == "__main__":
