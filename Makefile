@@ -67,9 +67,13 @@ lint: install
 bench: install bench-deps
 	$(PY) bench/raft_bench.py
 	$(PY) bench/http_bench.py
+	$(PY) bench/cluster_bench.py
 
-soak: install
-	$(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SOAK_SIM_SEEDS) tests/sim
+# Thousands of simulator seeds (fresh ones: they start past the seeds `make
+# test` runs), then 100 kill -9/restart cycles of a 3-node cluster under load.
+soak: install system-deps
+	FASTPACA_SIM_SEED_BASE=100000 $(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SOAK_SIM_SEEDS) tests/sim
+	$(PY) bench/cluster_soak.py --cycles 100
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
