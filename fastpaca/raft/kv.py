@@ -161,8 +161,20 @@ class _LevelDBSnapshot:
 def _plyvel_range(
     source: Any, start: bytes, stop: bytes, reverse: bool
 ) -> Iterator[tuple[bytes, bytes]]:
-    with source.iterator(start=start, stop=stop, reverse=reverse) as it:
-        yield from it
+    if not reverse:
+        with source.iterator(start=start, stop=stop) as it:
+            yield from it
+        return
+    # plyvel (1.5.1 over LevelDB 1.22) yields NOTHING in reverse with both
+    # bounds when the highest key in [start, stop) is ``start`` itself, e.g.
+    # a log holding exactly one entry above its snapshot base: restart then
+    # read the last index as the base and refused the group ("commit beyond
+    # last index"). So bound only the top in plyvel and stop at ``start`` here.
+    with source.iterator(stop=stop, reverse=True) as it:
+        for key, value in it:
+            if key < start:
+                return
+            yield key, value
 
 
 class MemoryKV:

@@ -4,6 +4,7 @@ hosts by the test, so every interleaving is deterministic."""
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,6 +271,50 @@ def test_lagging_follower_catches_up_by_chunked_snapshot(tmp_path: Path) -> None
         cluster.hosts[leader].propose(2, put_command(b"after", b"snap"))
         cluster.settle(5)
         assert cluster.sms[lagger].get(2, b"after") == b"snap"
+    finally:
+        cluster.close()
+
+
+def test_follower_restarts_with_one_entry_after_an_installed_snapshot(tmp_path: Path) -> None:
+    # The cluster soak's crash, step by step: a lagging follower installs a
+    # snapshot (its log is now empty above the base), appends, commits and
+    # applies exactly one entry, and is killed. Every write completed, so the
+    # restart must rebuild base + that one entry, neither refuse the group
+    # (it did: "commit beyond last index") nor lose or re-apply the entry.
+    config = HostConfig(compact_threshold_entries=20, compact_keep_entries=5)
+    cluster = Cluster(tmp_path, NAMES, config)
+    try:
+        for host in cluster.hosts.values():
+            host.ensure_group(3, NAMES)
+        leader = cluster.elect(3)
+        lagger = next(n for n in NAMES if n != leader)
+        cluster.cut.add(lagger)
+        for i in range(40):
+            cluster.hosts[leader].propose(3, put_command(f"k{i:02d}".encode(), b"v"))
+            cluster.round(tick=i % 5 == 0)
+        cluster.settle(5)
+        cluster.cut.clear()
+        for _ in range(100):
+            cluster.round(tick=True)
+            if cluster.hosts[lagger].stats.snapshots_installed:
+                break
+        cluster.settle(5)
+        base = LevelDBStorage.open(cluster.kvs[lagger], 3).snapshot_meta().index
+        cluster.hosts[leader].propose(3, put_command(b"one", b"entry"))
+        cluster.settle(5)
+        # The shape on disk (read forward, key by key): base, one entry.
+        entries = b"r\x00\x03e"
+        stored = [key[4:] for key, _ in cluster.kvs[lagger].iterate(entries, entries + b"\xff")]
+        assert base > 0 and stored == [struct.pack(">Q", base + 1)]
+        assert cluster.sms[lagger].applied_index(3) == base + 1
+        cluster.stop(lagger)
+        restarted = cluster.start(lagger)
+        assert restarted.core(3).applied_index == base + 1
+        assert cluster.sms[lagger].get(3, b"one") == b"entry"
+        cluster.hosts[leader].propose(3, put_command(b"after", b"restart"))
+        cluster.settle(10)
+        assert cluster.sms[lagger].items(3) == cluster.sms[leader].items(3)
+        assert cluster.sms[lagger].applied_index(3) == base + 2
     finally:
         cluster.close()
 

@@ -167,6 +167,29 @@ def test_snapshot_then_append_in_one_batch(kv: LevelDBKV) -> None:
     assert storage.entries(10, 13) == _entries(10, 12, term=2)
 
 
+@pytest.mark.parametrize("base", [0, 7162])
+def test_log_of_one_entry_above_the_base_survives_restart(kv: LevelDBKV, base: int) -> None:
+    # The cluster soak's crash: a follower installed a snapshot at 7162,
+    # appended, committed and applied 7163, then was killed. Reopening read
+    # the last index as 7162 (plyvel's reverse range read skipped the only
+    # key, which was its lower bound) and refused commit 7163.
+    storage = LevelDBStorage.open(kv, 9)
+    voters = ConfState(voters=("a", "b", "c"))
+    if base:
+        meta = SnapshotMeta(index=base, term=49, conf_state=voters)
+        _write(kv, storage, lambda b: storage.stage_snapshot(b, meta))
+    entry = _entries(base + 1, base + 1, term=49)
+
+    def stage(batch: WriteBatch) -> None:
+        storage.stage_append(batch, entry)
+        storage.stage_hard_state(batch, HardState(term=49, commit=base + 1))
+
+    _write(kv, storage, stage)
+    reopened = LevelDBStorage.open(kv, 9)
+    assert (reopened.first_index(), reopened.last_index()) == (base + 1, base + 1)
+    assert reopened.entries(base + 1, base + 2) == entry
+
+
 def test_groups_are_isolated_and_listed(kv: LevelDBKV) -> None:
     for group_id in (0, 3, 255, 0xFFFF):
         storage = LevelDBStorage.open(kv, group_id)
