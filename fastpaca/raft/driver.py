@@ -4,7 +4,11 @@ One task runs the loop: wake on the tick timer or on new work (proposals,
 inbound frames), hand queued work to the synchronous ``NodeHost``, then
 ``prepare`` → write the batch (fsync'd when needed, in one dedicated writer
 thread so the loop keeps accepting proposals meanwhile: that is the group
-commit) → send one frame per peer → ``finish`` → resolve futures.
+commit) → send one frame per peer → ``finish`` → resolve futures. When that
+write committed entries by itself (a leader whose own copy completed the
+quorum: every entry of a single-voter group), an apply pass follows at once,
+with no new input: the same steps, usually with an unsynced write, so those
+results are released after one fsync instead of two.
 
 Every call into the host happens on the loop task, between iterations: the
 public methods only enqueue work and wake the loop. The futures owed to
@@ -353,10 +357,24 @@ class RaftDriver:
             self._waiters.add_proposal(group_id, index, term, started, future)
 
     async def _iterate(self) -> None:
+        await self._iterate_once(apply_pass=False)
+        if self._host.has_apply_due():
+            # Entries this write made durable are committed already (always
+            # so when this node is the group's only voter): apply them and
+            # release their results now, in a pass that takes no new input,
+            # instead of one whole iteration (and its fsync) later. Usually
+            # no fsync here: commit index and state-machine writes only; a
+            # crash before this write re-applies them from the durable log.
+            await self._iterate_once(apply_pass=True)
+
+    async def _iterate_once(self, *, apply_pass: bool) -> None:
         iteration = self._host.prepare()
         unreachable = self._send(iteration.take_early_frames(), iteration.message_counts)
         try:
-            if self._writer is not None and iteration.batch:
+            # An apply pass's unsynced write is short: a thread hop would
+            # cost more than it lets the loop do meanwhile.
+            in_thread = iteration.must_sync or not apply_pass
+            if self._writer is not None and iteration.batch and in_thread:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._writer, iteration.write)
             else:

@@ -14,6 +14,7 @@ simulator call it, in this order, never re-entrantly::
     iteration.write()               # the only write; may run in another thread
     for peer, frame in iteration.frames().items(): transport.send(...)
     result = host.finish(iteration) # advance; apply results, read states
+    if host.has_apply_due(): ...    # the same steps again, no input between
 
 Persist-before-send is structural: ``Iteration.frames()`` and ``finish``
 refuse to run until ``Iteration.write()`` returned. Only a leader's
@@ -117,6 +118,8 @@ class NodeHost:
         self._removing: set[int] = set()
         """Groups deleted in ``_batch``: the KV still shows them until it is written."""
         self._in_iteration = False
+        self._apply_due = False
+        """``finish`` left a group with committed entries not yet applied."""
         self._cache_budget = CacheBudget(self._config.entry_cache_bytes)
         self._send_early = self._config.send_leader_appends_early
         self.stats = HostStats()
@@ -309,6 +312,15 @@ class NodeHost:
             self._dirty or self._batch or self._bootstrapping or self._snapshots.has_statuses()
         )
 
+    def has_apply_due(self) -> bool:
+        """True when the last ``finish`` left committed entries unapplied:
+        typically a leader whose own durable copy completed the quorum in
+        ``advance`` (always so for a group whose only voter is this node).
+        The driver then runs one more iteration at once, without taking new
+        input, so those entries are applied and their results released after
+        this iteration's write rather than after the next one's."""
+        return self._apply_due
+
     # --- the iteration ----------------------------------------------------------------
 
     def prepare(self) -> Iteration:
@@ -318,6 +330,7 @@ class NodeHost:
         must_sync = self._batch_must_sync
         self._batch, self._batch_must_sync = None, False
         self._removing.clear()  # from here on the deletes are in this iteration's write
+        self._apply_due = False
         readies: list[ProcessedReady] = []
         early: dict[str, list[Message]] = {}
         late: dict[str, list[Message]] = {}
@@ -364,8 +377,11 @@ class NodeHost:
         result = IterationResult()
         for group_id, group, rd, applied in iteration.readies:
             group.storage.on_written()
-            group.core.advance(rd)
+            core = group.core
+            core.advance(rd)
             self._dirty.add(group_id)  # e.g. the leader's commit moved in advance
+            if core.commit_index > core.applied_index:
+                self._apply_due = True
             if applied is not None:
                 result.applied.append(applied)
             if rd.soft_state is not None:

@@ -4,6 +4,7 @@ in-memory transport in one event loop, small ticks so elections take ~100 ms."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -107,6 +108,58 @@ async def test_single_node_proposes_applies_and_restarts_from_disk(tmp_path: Pat
     await wait_for(lambda: node.driver.is_leader(1))
     assert await node.driver.propose(1, put_command(b"k", b"v3"), timeout_s=2) == b"v2"
     await solo.close()
+
+
+class _GatedKV(MemoryKV):
+    """Counts synced writes; holds one in the writer thread while ``gate`` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced_writes = 0
+        self.in_synced_write = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        if sync:
+            self.synced_writes += 1
+            self.in_synced_write.set()
+            self.gate.wait(5)
+        super().write(batch, sync=sync)
+
+
+async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
+    """Committed by its own write, so applied and released right after it,
+    not after the next iteration's write (which carries newer proposals)."""
+    hub = InMemoryHub()
+    kv = _GatedKV()
+    sm = KVStateMachine(kv)
+    transport = hub.transport("n1")
+    driver = RaftDriver(node_id="n1", kv=kv, state_machine=sm, transport=transport, config=FAST)
+    await transport.start()
+    await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver.is_leader(1))
+    await driver.propose(1, put_command(b"k", b"v0"), timeout_s=2)
+
+    synced_when_released: list[int] = []
+
+    async def propose_first() -> None:
+        await driver.propose(1, put_command(b"k", b"v1"), timeout_s=2)
+        synced_when_released.append(kv.synced_writes)
+        assert sm.get(1, b"k") == b"v1"  # readable once released
+
+    kv.gate.clear()
+    kv.in_synced_write.clear()
+    synced_before = kv.synced_writes
+    first = asyncio.create_task(propose_first())
+    await wait_for(kv.in_synced_write.is_set)  # its entry is being fsync'd
+    second = asyncio.create_task(driver.propose(1, put_command(b"k", b"v2"), timeout_s=2))
+    await asyncio.sleep(0.01)  # the second proposal is queued meanwhile
+    kv.gate.set()
+    await asyncio.gather(first, second)
+    assert synced_when_released == [synced_before + 1]
+    await driver.stop()
 
 
 async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> None:

@@ -447,3 +447,60 @@ def test_only_leader_traffic_of_a_durable_term_leaves_before_the_write(tmp_path:
         cluster.hosts[follower].finish(iteration)
     finally:
         cluster.close()
+
+
+def _one_pass(host: NodeHost) -> tuple[bool, IterationResult]:
+    """prepare → write → finish; whether the write was fsync'd, the result."""
+    iteration = host.prepare()
+    iteration.write()
+    iteration.frames()
+    return iteration.must_sync, host.finish(iteration)
+
+
+def test_single_voter_entry_commits_in_its_own_write_and_applies_unsynced(
+    tmp_path: Path,
+) -> None:
+    solo = Cluster(tmp_path, ("n1",))
+    host, sm = solo.hosts["n1"], solo.sms["n1"]
+    host.ensure_group(5, ["n1"])
+    solo.settle(3)
+    while host.has_work():  # apply the new leader's empty entry
+        _one_pass(host)
+    index, _ = host.propose(5, put_command(b"k", b"v1"))
+
+    synced, result = _one_pass(host)
+    assert synced and not result.applied  # the entry is durable, not yet applied
+    assert host.core(5).commit_index == index  # ... but committed by that write
+    assert host.has_apply_due()
+
+    synced, result = _one_pass(host)  # the apply pass: no new input
+    assert not synced
+    assert [e.index for batch in result.applied for e in batch.entries] == [index]
+    assert sm.get(5, b"k") == b"v1" and sm.applied_index(5) == index
+    assert not host.has_apply_due()
+    solo.close()
+
+
+def test_crash_between_the_write_and_the_apply_pass_reapplies_from_the_log(
+    tmp_path: Path,
+) -> None:
+    solo = Cluster(tmp_path, ("n1",))
+    host = solo.hosts["n1"]
+    host.ensure_group(5, ["n1"])
+    solo.settle(3)
+    while host.has_work():  # apply the new leader's empty entry
+        _one_pass(host)
+    index, _ = host.propose(5, put_command(b"k", b"v1"))
+    _one_pass(host)
+    assert host.has_apply_due()
+    applied_before = solo.sms["n1"].applied_index(5)
+    assert applied_before < index
+    solo.stop("n1")  # the apply pass never ran
+
+    host = solo.start("n1")
+    assert host.core(5).applied_index == applied_before
+    solo.settle(5)
+    assert host.is_leader(5)
+    assert solo.sms["n1"].get(5, b"k") == b"v1"
+    assert solo.sms["n1"].applied_index(5) > index  # and the new term's entry
+    solo.close()

@@ -109,6 +109,14 @@ class HostProcess:
         host = self._host
         if not host.has_work():
             return False
+        self._pass(send, crash_at)
+        if host.has_apply_due():
+            # The driver's apply pass: at once, with no new input in between.
+            self._pass(send, crash_at)
+        return host.has_work()
+
+    def _pass(self, send: Send, crash_at: str | None) -> None:
+        host = self._host
         iteration = host.prepare()
         self._observe_leaders(iteration)
         writes = bool(iteration.batch)
@@ -132,7 +140,6 @@ class HostProcess:
         self._observe_result(host.finish(iteration))
         for peer in sorted(set(unreachable)):
             host.peer_unreachable(peer)
-        return host.has_work()
 
     def _observe_leaders(self, iteration: Iteration) -> None:
         """A won election shows as a soft state in the next Ready: the node
