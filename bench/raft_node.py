@@ -25,6 +25,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.raft_load import run_load
+from fastpaca.app import _tune_gc
+from fastpaca.cli import _loop_factory
 from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
@@ -91,6 +93,7 @@ async def main() -> None:
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
     await transport.start()
     await driver.start()
+    _tune_gc()  # as `fastpaca serve` does: the bench measures the production setup
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -101,4 +104,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:  # uvloop, as in serve
+        runner.run(main())
