@@ -24,7 +24,8 @@ from fastpaca.raft.ready import Ready, SoftState
 __all__ = ["AppliedBatch", "HostedGroup", "Iteration", "IterationResult", "ProcessedReady"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (one per group per iteration; immutable by convention).
+@dataclass(slots=True)
 class AppliedBatch:
     """Entries of one group applied in one iteration, with one result each
     (a CONF_CHANGE entry's result is the new ``ConfState``)."""

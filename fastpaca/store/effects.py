@@ -3,6 +3,10 @@
 The state machine returns these values; it never performs them. Whoever owns
 the node (``store/runtime.py``) hands them to pub/sub and the archive. Delivery
 is at-least-once: consumers dedupe on ``(conversation_id, seq)``.
+
+Values here are immutable by convention, not ``frozen``: they are built on
+every append, and a frozen slots dataclass costs ~2.5x as much to build
+(``object.__setattr__`` per field). Never assign to a field once built.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ _log = logging.getLogger(__name__)
 __all__ = ["Appended", "Effect", "EffectHub", "EffectSink", "Tombstoned"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Appended:
     conversation_id: str
     seq: int
@@ -25,7 +29,7 @@ class Appended:
     """The stored message JSON (role, parts, metadata, token_count, inserted_at)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Tombstoned:
     conversation_id: str
 

@@ -3,6 +3,10 @@
 Owns how a conversation, a tail page and a replay page are found in the key
 layout. It never writes and never waits: linearizability (the read barrier)
 is the caller's job (``runtime.py``), which calls these after the barrier.
+
+Values here are immutable by convention, not ``frozen``: they are built on
+every append, and a frozen slots dataclass costs ~2.5x as much to build
+(``object.__setattr__`` per field). Never assign to a field once built.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from fastpaca.store.state import ConversationState
 __all__ = ["ConversationView", "StoreReader", "StoredMessage"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConversationView:
     conversation_id: str
     state: ConversationState
     metadata_json: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StoredMessage:
     seq: int
     body: bytes

@@ -4,6 +4,10 @@ A result is handed by the Raft driver to the proposer waiting on the entry.
 Domain refusals are values too (``Rejected``), because apply is deterministic
 and must not raise for a client's mistake; ``runtime.py`` turns them into the
 errors of ``fastpaca/errors.py``.
+
+Values here are immutable by convention, not ``frozen``: they are built on
+every append, and a frozen slots dataclass costs ~2.5x as much to build
+(``object.__setattr__`` per field). Never assign to a field once built.
 """
 
 from __future__ import annotations
@@ -24,20 +28,20 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AppendedItem:
     seq: int
     version: int
     token_count: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AppendApplied:
     items: tuple[AppendedItem, ...]
     deduped: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConversationApplied:
     conversation_id: str
     state: ConversationState
@@ -45,12 +49,12 @@ class ConversationApplied:
     created: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TombstoneApplied:
     conversation_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ArchiveAcked:
     archived_seq: int
 
@@ -63,7 +67,7 @@ class RejectReason(enum.Enum):
     BAD_COMMAND = "bad_command"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Rejected:
     reason: RejectReason
     current_version: int = 0

@@ -47,7 +47,8 @@ _APPEND_FIELDS = frozenset({"message", "messages", "if_version", "idempotency_ke
 _MESSAGE_FIELDS = frozenset({"role", "parts", "metadata", "token_count"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen (built per append; immutable by convention): see store/commands.py.
+@dataclass(slots=True, kw_only=True)
 class AppendRequest:
     messages: list[NewMessage]
     is_batch: bool
