@@ -45,7 +45,7 @@ from fastpaca.raft.log_records import (
     encode_snapshot_meta,
 )
 from fastpaca.raft.messages import ConfState, Entry, HardState, SnapshotMeta
-from fastpaca.raft.storage import CompactedError, UnavailableError
+from fastpaca.raft.storage import CompactedError, UnavailableError, limit_entry_bytes
 
 __all__ = ["CacheBudget", "LevelDBStorage", "group_prefix", "staging_key"]
 
@@ -230,7 +230,7 @@ class LevelDBStorage:
             found = list(self._read_range(lo, min(hi, cache_first), max_bytes))
             if hi > cache_first and (max_bytes is None or _data_bytes(found) < max_bytes):
                 found += self._cache[: hi - cache_first]
-        return found if max_bytes is None else _cut_to_bytes(found, max_bytes)
+        return limit_entry_bytes(found, max_bytes)
 
     # --- write side: stage into a batch, commit the view once durable ---------------
 
@@ -449,12 +449,3 @@ class CacheBudget:
 
 def _data_bytes(entries: list[Entry]) -> int:
     return sum(len(e.data) for e in entries)
-
-
-def _cut_to_bytes(entries: list[Entry], max_bytes: int) -> list[Entry]:
-    total = 0
-    for position, entry in enumerate(entries):
-        total += len(entry.data)
-        if total > max_bytes and position > 0:
-            return entries[:position]
-    return entries
