@@ -31,6 +31,7 @@ from fastpaca.config import Settings
 from fastpaca.errors import ConfigError
 from fastpaca.observability.health import Readiness, every_group_has_leader
 from fastpaca.observability.metrics import Metrics
+from fastpaca.pubsub.bus import LocalBus
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
 from fastpaca.raft.transport import Transport
@@ -44,7 +45,7 @@ from fastpaca.web.openapi import openapi_json
 from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
 from fastpaca.web.server import IN_FLIGHT_KEY, build_web_app
 
-__all__ = ["NODE_KEY", "Node", "create_app", "serve"]
+__all__ = ["BUS_KEY", "NODE_KEY", "Node", "create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,10 +67,13 @@ class Node:
     effects: EffectHub
     readiness: Readiness
     metrics: Metrics
+    bus: LocalBus
     cluster: ClusterNode | None = None
 
 
 NODE_KEY = web.AppKey("node", Node)
+BUS_KEY = web.AppKey("bus", LocalBus)
+"""This node's stream subscribers (``pubsub/bus.py``); the websocket handler reads it."""
 
 
 def create_app(
@@ -88,6 +92,7 @@ def create_app(
     kv = _open_kv(data_dir)
     try:
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
+        bus = LocalBus()
         fsm = ConversationStateMachine(kv, effect_sink=effects)
         transport: Transport
         if cluster_config is None:
@@ -129,7 +134,10 @@ def create_app(
         app[RUNTIME_KEY] = runtime if cluster is None else cluster.conversations
         app[READINESS_KEY] = readiness
         app[OPENAPI_KEY] = openapi_json()
-        app[NODE_KEY] = Node(node_id, kv, driver, runtime, effects, readiness, metrics, cluster)
+        app[BUS_KEY] = bus
+        app[NODE_KEY] = Node(
+            node_id, kv, driver, runtime, effects, readiness, metrics, bus, cluster
+        )
         if cluster is not None:
             add_cluster_route(app, cluster.transport)
     except BaseException:

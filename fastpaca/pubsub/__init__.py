@@ -1,0 +1,1 @@
+"""Stream events of conversations, delivered to subscribers on any node."""

@@ -1,0 +1,150 @@
+"""The local bus: stream events of conversations → this node's subscribers.
+
+The seam between the two halves of streaming:
+
+- *publishers* (``pubsub/publisher.py`` and the cluster/Redis adapters) turn
+  applied effects into ``StreamEvent``s and call ``LocalBus.publish`` on every
+  node that has subscribers for the conversation;
+- *subscribers* (``web/socket.py``'s channels) call ``LocalBus.subscribe`` and
+  receive each event through a callback.
+
+Delivery is at-least-once and best effort: an event may arrive twice (a
+leader change, two adapters) or not at all (a peer link drop). Subscribers
+therefore track the next ``seq`` they expect, drop duplicates and report a
+hole as a ``gap`` so the client replays. The bus never blocks and never
+raises into a publisher: a subscriber callback that fails is logged and the
+others still get the event.
+
+Adapters learn which conversations this node wants through the interest
+callbacks: ``on_interest`` fires when the first subscriber of a conversation
+arrives (True) and when its last one leaves (False).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["InterestHandler", "LocalBus", "StreamEvent", "Subscription"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, kw_only=True)
+class StreamEvent:
+    """One event of a conversation's stream (immutable by convention).
+
+    ``payload`` is the JSON object the websocket pushes, encoded once by the
+    publisher so fanning out to many sockets never re-encodes it:
+    ``{"type":"message","seq":..,"version":..,"message":{...}}`` or
+    ``{"type":"tombstone"}``. ``seq`` is the message's seq, or None for a
+    tombstone.
+    """
+
+    conversation_id: str
+    kind: Literal["message", "tombstone"]
+    seq: int | None
+    payload: bytes
+
+
+Deliver = Callable[[StreamEvent], None]
+InterestHandler = Callable[[str, bool], None]
+"""Called with (conversation id, interested) when local interest starts/ends."""
+
+
+class Subscription:
+    """A handle on one subscriber's registration; ``close`` is idempotent."""
+
+    __slots__ = ("_bus", "_closed", "conversation_id", "deliver")
+
+    def __init__(self, bus: LocalBus, conversation_id: str, deliver: Deliver) -> None:
+        self._bus = bus
+        self._closed = False
+        self.conversation_id = conversation_id
+        self.deliver = deliver
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._remove(self)
+
+
+class LocalBus:
+    """This node's subscribers by conversation id."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[Subscription]] = {}
+        self._interest_handlers: list[InterestHandler] = []
+
+    def subscribe(self, conversation_id: str, deliver: Deliver) -> Subscription:
+        """Register ``deliver`` for the conversation's events from now on.
+        It is called synchronously from ``publish``; it must not block."""
+        subscription = Subscription(self, conversation_id, deliver)
+        subscribers = self._subscribers.get(conversation_id)
+        if subscribers is None:
+            self._subscribers[conversation_id] = [subscription]
+            self._notify_interest(conversation_id, True)
+        else:
+            subscribers.append(subscription)
+        return subscription
+
+    def publish(self, event: StreamEvent) -> int:
+        """Deliver ``event`` to this node's subscribers of its conversation;
+        returns how many got it."""
+        subscribers = self._subscribers.get(event.conversation_id)
+        if not subscribers:
+            return 0
+        delivered = 0
+        for subscription in tuple(subscribers):  # a callback may unsubscribe
+            try:
+                subscription.deliver(event)
+                delivered += 1
+            except Exception:
+                _log.exception(
+                    "stream subscriber failed",
+                    extra={
+                        "type": "pubsub.subscriber_error",
+                        "conversation_id": event.conversation_id,
+                    },
+                )
+        return delivered
+
+    def has_subscribers(self, conversation_id: str) -> bool:
+        return conversation_id in self._subscribers
+
+    def interests(self) -> Iterator[str]:
+        """The conversations with at least one local subscriber."""
+        return iter(tuple(self._subscribers))
+
+    def subscriber_count(self) -> int:
+        return sum(len(subscribers) for subscribers in self._subscribers.values())
+
+    def on_interest(self, handler: InterestHandler) -> None:
+        self._interest_handlers.append(handler)
+
+    def _remove(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.conversation_id)
+        if subscribers is None:
+            return
+        try:
+            subscribers.remove(subscription)
+        except ValueError:
+            return
+        if not subscribers:
+            del self._subscribers[subscription.conversation_id]
+            self._notify_interest(subscription.conversation_id, False)
+
+    def _notify_interest(self, conversation_id: str, interested: bool) -> None:
+        for handler in self._interest_handlers:
+            try:
+                handler(conversation_id, interested)
+            except Exception:
+                _log.exception(
+                    "pubsub interest handler failed", extra={"type": "pubsub.interest_error"}
+                )
