@@ -32,6 +32,7 @@ from fastpaca.errors import ConfigError
 from fastpaca.observability.health import Readiness, every_group_has_leader
 from fastpaca.observability.metrics import Metrics
 from fastpaca.pubsub.bus import LocalBus
+from fastpaca.pubsub.publisher import StreamPublisher
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
 from fastpaca.raft.transport import Transport
@@ -93,6 +94,7 @@ def create_app(
     try:
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
         bus = LocalBus()
+        effects.add_listener(StreamPublisher(bus))
         fsm = ConversationStateMachine(kv, effect_sink=effects)
         transport: Transport
         if cluster_config is None:

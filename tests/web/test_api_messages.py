@@ -265,3 +265,21 @@ async def test_reads_of_unknown_conversation_are_404(client: TestClient) -> None
         response = await client.get(path)
         assert response.status == 404
         assert (await response.json())["error"] == "conversation_not_found"
+
+
+async def test_an_acknowledged_append_reaches_a_stream_subscriber(client: TestClient) -> None:
+    from fastpaca.app import BUS_KEY
+
+    bus = client.app[BUS_KEY]
+    events: list[bytes] = []
+    bus.subscribe("streamed", lambda event: events.append(event.payload))
+    assert (await client.put("/v1/conversations/streamed", json={})).status == 201
+    resp = await client.post(
+        "/v1/conversations/streamed/messages",
+        json={"message": {"role": "user", "parts": [{"type": "text", "text": "hello"}]}},
+    )
+    assert resp.status == 201
+    assert (await client.delete("/v1/conversations/streamed")).status == 204
+    decoded = [orjson.loads(payload) for payload in events]
+    assert [event["type"] for event in decoded] == ["message", "tombstone"]
+    assert decoded[0]["seq"] == 1 and decoded[0]["message"]["role"] == "user"
