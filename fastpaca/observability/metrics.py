@@ -21,6 +21,7 @@ from fastpaca.store.messages import PreparedMessage
 
 if TYPE_CHECKING:  # the cluster package imports the app's pieces; avoid a cycle
     from fastpaca.cluster.node import ClusterNumbers
+    from fastpaca.web.socket import StreamStats
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -134,6 +135,11 @@ class Metrics:
         from ``numbers()`` on every scrape."""
         self.registry.register(_ClusterCollector(numbers))
 
+    def watch_streams(self, stats: Callable[[], StreamStats]) -> None:
+        """Export the websocket stream series, read from ``stats()`` on every
+        scrape (the sockets count in plain ints: no lock per push)."""
+        self.registry.register(_StreamCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -208,6 +214,42 @@ def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
         buckets=buckets,
         sum_value=histogram.total_s,
     )
+
+
+class _StreamCollector(Collector):
+    def __init__(self, stats: Callable[[], StreamStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._stats()
+        yield GaugeMetricFamily(
+            "fastpaca_stream_sockets", "Open websocket stream connections.", value=stats.sockets
+        )
+        yield GaugeMetricFamily(
+            "fastpaca_stream_subscribers", "Joined conversation channels on this node.",
+            value=stats.channels,
+        )  # fmt: skip
+        pushes = CounterMetricFamily(
+            "fastpaca_stream_pushes",
+            "Frames pushed to stream channels, by kind (live message, replayed message, "
+            "tombstone, gap).",
+            labels=["kind"],
+        )
+        for kind, count in stats.pushes.items():
+            pushes.add_metric([kind], count)
+        yield pushes
+        yield CounterMetricFamily(
+            "fastpaca_stream_dropped",
+            "Live events dropped because a socket's send queue was full (reported as gaps).",
+            value=stats.dropped,
+        )
+        yield CounterMetricFamily(
+            "fastpaca_stream_bad_frames", "Inbound frames refused as not Phoenix frames.",
+            value=stats.bad_frames,
+        )  # fmt: skip
 
 
 class _ClusterCollector(Collector):

@@ -21,8 +21,16 @@ from fastpaca.errors import Overloaded
 from fastpaca.observability.metrics import Metrics
 from fastpaca.web import rest
 from fastpaca.web.errors import response_for_exception
+from fastpaca.web.socket import STREAM_PATH, STREAMS_KEY, StreamSockets, stream_socket
 
-__all__ = ["IN_FLIGHT_KEY", "ROUTES", "InFlightRequests", "Route", "build_web_app"]
+__all__ = [
+    "IN_FLIGHT_KEY",
+    "ROUTES",
+    "STREAM_ROUTE",
+    "InFlightRequests",
+    "Route",
+    "build_web_app",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,7 +58,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", rest.metrics, is_rate_limited=False),
     Route("GET", "/v1/openapi.json", rest.openapi, is_rate_limited=False),
 )
-_UNLIMITED_PATHS = frozenset(route.path for route in ROUTES if not route.is_rate_limited)
+# The websocket stream (``socket.py``) is left out of ROUTES, and so out of
+# the OpenAPI document, on purpose: OpenAPI cannot describe a Phoenix
+# Channels conversation; the README's "Streaming" section does. Upgrades are
+# not rate limited: a socket is one long connection, not a request.
+STREAM_ROUTE = Route("GET", STREAM_PATH, stream_socket, is_rate_limited=False)
+_UNLIMITED_PATHS = frozenset(
+    route.path for route in (*ROUTES, STREAM_ROUTE) if not route.is_rate_limited
+)
 
 
 class InFlightRequests:
@@ -113,7 +128,8 @@ def _front_middleware(in_flight: InFlightRequests, metrics: Metrics) -> Middlewa
                 response = response_for_exception(exc, request)
             resource = request.match_info.route.resource
             template = resource.canonical if resource is not None else "unmatched"
-            observe_request(template, request.method, response.status, clock() - started)
+            if response.status != 101:  # a socket's lifetime is no request duration
+                observe_request(template, request.method, response.status, clock() - started)
             if in_flight.is_draining:
                 response.force_close()
             return response
@@ -169,6 +185,14 @@ def build_web_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    app.router.add_route(STREAM_ROUTE.method, STREAM_ROUTE.path, STREAM_ROUTE.handler)
+    streams = StreamSockets()
+    metrics.watch_streams(lambda: streams.stats)
+    # on_shutdown runs in runner.cleanup, after serve's HTTP drain and before
+    # aiohttp waits for handlers: the sockets close at once instead of
+    # holding the exit for the straggler timeout.
+    app.on_shutdown.append(streams.close_all)
     app[rest.METRICS_KEY] = metrics
     app[IN_FLIGHT_KEY] = in_flight
+    app[STREAMS_KEY] = streams
     return app

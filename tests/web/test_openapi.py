@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from fastpaca.web.openapi import openapi_document
+from fastpaca.web.server import STREAM_ROUTE
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
@@ -25,7 +26,11 @@ async def test_openapi_matches_the_router(client: TestClient) -> None:
         for route in client.app.router.routes()
         if route.method != "HEAD" and route.resource is not None
     }
-    assert documented == served
+    # The websocket stream is served but left out of the document on purpose:
+    # OpenAPI cannot describe a Phoenix Channels conversation (README: Streaming).
+    stream = (STREAM_ROUTE.method, STREAM_ROUTE.path)
+    assert stream in served and stream not in documented
+    assert documented == served - {stream}
 
 
 def test_every_reference_resolves() -> None:
