@@ -15,13 +15,17 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIM_SEEDS ?= 200
 SOAK_SIM_SEEDS ?= 5000
 
-.PHONY: run test lint bench soak install clean system-deps bench-deps
+.PHONY: run test lint bench soak install clean system-deps bench-deps js-deps
 
 # Programs the tests run outside Python, from Debian's packages: a DNS server
 # for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
 # tests. Installed only when missing; tests start their own throwaway
 # instances on free loopback ports and never use the machine's services.
 SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server systemd-analyze:systemd
+# Node and npm run the official Phoenix JS client against a node (tests/stream).
+JS_DEPS     := node:nodejs npm:npm
+JS_DIR      := tests/stream/js
+JS_STAMP    := $(JS_DIR)/node_modules/.installed-$(shell cat $(JS_DIR)/package-lock.json | cksum | cut -d' ' -f1)
 BENCH_DEPS  := wrk:wrk redis-server:redis-server
 
 # $(call apt_ensure,bin:package ...): apt-get install the packages whose binary is missing.
@@ -43,6 +47,14 @@ system-deps:
 bench-deps:
 	$(call apt_ensure,$(BENCH_DEPS))
 
+# The pinned phoenix and ws packages (package-lock.json), reinstalled when the lock changes.
+$(JS_STAMP): $(JS_DIR)/package-lock.json
+	$(call apt_ensure,$(JS_DEPS))
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-deps: $(JS_STAMP)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -56,7 +68,7 @@ install: $(STAMP)
 run: install
 	FASTPACA_RAFT_DATA_DIR=$${FASTPACA_RAFT_DATA_DIR:-priv/raft} $(VENV)/bin/fastpaca serve
 
-test: install system-deps
+test: install system-deps js-deps
 	$(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SIM_SEEDS) tests
 
 lint: install
@@ -76,4 +88,4 @@ soak: install system-deps
 	$(PY) bench/cluster_soak.py --cycles 100
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules

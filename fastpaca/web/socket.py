@@ -230,14 +230,19 @@ class StreamSocket:
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            # aiohttp cancels this handler when the peer goes away: the
+            # synchronous clean-up comes first, and ``finished`` is set
+            # however the awaits below end.
             for channel in tuple(self._channels.values()):
                 channel.close()
-            await self._close_ws()
-            if not self.finished.done():
-                self.finished.set_result(None)
+            for task in (reader, writer):
+                task.cancel()
+            try:
+                await asyncio.gather(reader, writer, return_exceptions=True)
+                await self._close_ws()
+            finally:
+                if not self.finished.done():
+                    self.finished.set_result(None)
 
     async def _close_ws(self) -> None:
         if self.ws.closed:
