@@ -63,13 +63,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from fastpaca.errors import (
-    ConversationNotFound,
-    FastpacaError,
-    RaftError,
-    Unavailable,
-    ValidationError,
-)
+from fastpaca.errors import ConversationNotFound, FastpacaError, Unavailable, ValidationError
 from fastpaca.pubsub.bus import LocalBus, StreamEvent, Subscription
 from fastpaca.store.reads import StoredMessage
 from fastpaca.store.service import ConversationService
@@ -136,6 +130,8 @@ class StreamSockets:
     def add(self, socket: StreamSocket) -> None:
         self._sockets.add(socket)
         self.stats.sockets = len(self._sockets)
+        if self.is_closing:  # shutdown began while this one upgraded
+            socket.abort(WSCloseCode.GOING_AWAY, "server shutting down")
 
     def remove(self, socket: StreamSocket) -> None:
         self._sockets.discard(socket)
@@ -221,11 +217,14 @@ class StreamSocket:
         self._close_code = WSCloseCode.OK
         self._close_reason = ""
         self._reader: asyncio.Task[None] | None = None
+        self._aborted = False
 
     # --- lifecycle --------------------------------------------------------
 
     async def run(self) -> None:
         reader = self._reader = asyncio.create_task(self._read_loop())
+        if self._aborted:
+            reader.cancel()
         writer = asyncio.create_task(self._write_loop())
         try:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +256,7 @@ class StreamSocket:
         """Stop reading and close with ``code`` (from any task, never blocks)."""
         self._close_code = WSCloseCode(code)
         self._close_reason = reason
+        self._aborted = True
         if self._reader is not None:
             self._reader.cancel()
 
@@ -497,10 +497,7 @@ class Channel:
         except ConversationNotFound as exc:
             self._refuse("conversation_not_found", str(exc))
             return
-        except (Unavailable, RaftError) as exc:
-            self._refuse("unavailable", str(exc))
-            return
-        except FastpacaError as exc:
+        except FastpacaError as exc:  # no leader / quorum in time: the client retries
             self._refuse("unavailable", str(exc))
             return
         state = view.state
@@ -513,14 +510,20 @@ class Channel:
         self._tombstoned = self._tombstoned or state.tombstoned
         try:
             await self._catch_up(state.last_seq)
-        except FastpacaError as exc:
+        except Exception as exc:
             # The join was answered already: report the channel as crashed,
-            # so the client rejoins (after 1 s) with its from_seq.
-            _log.info(
-                "stream replay failed",
-                extra={"type": "stream.replay_failed", "conversation_id": self.conversation_id,
-                       "error": str(exc)},
-            )  # fmt: skip
+            # so the client rejoins (after 1 s) and replays from where it is.
+            if isinstance(exc, FastpacaError):
+                _log.info(
+                    "stream replay failed",
+                    extra={"type": "stream.replay_failed",
+                           "conversation_id": self.conversation_id, "error": str(exc)},
+                )  # fmt: skip
+            else:  # a bug: crash the channel, never the socket or the node
+                _log.exception(
+                    "stream channel crashed",
+                    extra={"type": "stream.channel_crash", "conversation_id": self.conversation_id},
+                )
             self.close()
             socket.send_control(self._push("phx_error", b'{"reason":"replay_failed"}'))
 
