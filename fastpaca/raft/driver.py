@@ -472,7 +472,19 @@ class RaftDriver:
 
     def _on_peer_state(self, peer: str, connected: bool) -> None:
         if not connected:
-            self._submit(lambda: self._host.peer_unreachable(peer))
+            self._submit(lambda: self._peer_down(peer))
+
+    def _peer_down(self, peer: str) -> None:
+        """The connection to ``peer`` went down (its process most likely
+        died): the followers of the groups it leads campaign within a few
+        ticks instead of an election timeout (``RaftNode.leader_unreachable``);
+        the groups we lead stop streaming to it and probe instead."""
+        host = self._host
+        for group_id in host.group_ids():
+            host.core(group_id).leader_unreachable(peer)
+        # Also marks every group for the next iteration, so the forgotten
+        # leaders show up as soft-state changes at once.
+        host.peer_unreachable(peer)
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -5,9 +5,33 @@ campaigns (with or without pre-vote, or forced by TIMEOUT_NOW), answering
 vote requests under the §5.4.1 up-to-date rule, what a message from another
 term does to us, and the ``_become_*`` transitions. It sends through the
 shared outbox and does no IO.
+
+Fast failover (``leader_unreachable``). When the IO layer sees the
+connection to our leader drop, that leader's process is most likely gone
+(a killed process's TCP connections close at once), and waiting a whole
+election timeout only adds to the outage. The follower then forgets the
+leader, so its leader stickiness no longer refuses the other survivors'
+pre-votes, and brings its election timer forward to a few ticks. This only
+changes *when* a campaign starts, which Raft leaves to timing anyway: it
+still goes through pre-vote, which needs a quorum of voters that are not
+hearing from a leader themselves, and votes are still one per term. So if
+the leader is in fact alive (only this link blipped), the other followers'
+stickiness refuses the pre-vote, the leader never sees a higher term, and
+this node rejoins it when its heartbeats come through again.
+
+Survivors must not all campaign on the same tick: two pre-candidates grant
+each other's pre-vote, both become candidates, split the vote and wait a
+full election timeout. So the delay is staggered by a rank: the remaining
+voters ordered by a stable hash of (group, node id), identical on every
+replica and different from group to group (the new leaderships spread over
+the survivors), rank ``r`` waiting ``1 + r * stagger`` ticks plus a random
+jitter smaller than the stagger. The next-ranked takes over only when the
+first-ranked cannot win (its log is behind, or it is gone too).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from fastpaca.errors import InvariantViolation
 from fastpaca.raft.messages import Entry, EntryType, Message, MessageType
@@ -22,6 +46,15 @@ _SCAN_BYTES = 1 << 20
 """Read the log in chunks of this much data when looking for conf changes."""
 
 
+def _rank_score(group_id: int, node_id: str) -> bytes:
+    """A voter's place in the fast-election order of ``group_id``: the same
+    on every replica (BLAKE2b, not the salted ``hash()``), and shuffled from
+    group to group (CRC32, being linear, would order two ids alike in
+    every group)."""
+    key = f"{group_id}\x00{node_id}".encode()
+    return hashlib.blake2b(key, digest_size=8, person=b"fast-election").digest()
+
+
 class ElectionMixin(NodeState):
     def _tick_election(self) -> None:
         # The idle path of every follower: one increment and one compare.
@@ -33,6 +66,35 @@ class ElectionMixin(NodeState):
     def campaign(self) -> None:
         """Start an election now, skipping pre-vote; no-op for non-voters."""
         self._hup(pre_vote=False, transfer=False)
+
+    def leader_unreachable(self, peer: str) -> None:
+        """The IO layer lost its connection to ``peer``. When ``peer`` is the
+        leader we follow: forget it, and (as a voter) start a pre-vote
+        campaign within a few ticks instead of a whole election timeout (see
+        the module docstring). Anything else (we lead, we campaign already,
+        ``peer`` is someone else) is left alone."""
+        if self._role is not Role.FOLLOWER or self._leader_id is None:
+            return
+        if self._leader_id != peer:
+            return
+        self._leader_id = None
+        if not self._is_promotable():
+            return
+        delay = self._fast_election_delay(peer)
+        remaining = self._randomized_election_timeout - self._election_elapsed
+        if delay < remaining:
+            self._election_elapsed = self._randomized_election_timeout - delay
+
+    def _fast_election_delay(self, lost_leader: str) -> int:
+        """Ticks until this voter campaigns after losing ``lost_leader``."""
+        stagger = max(1, self._config.election_timeout_ticks // 4)
+        group = self._group_id
+        ranked = sorted(
+            (voter for voter in self._tracker.voters if voter != lost_leader),
+            key=lambda voter: (_rank_score(group, voter), voter),
+        )
+        rank = ranked.index(self._id)
+        return 1 + rank * stagger + self._rng.randrange(max(1, stagger // 2))
 
     def _hup(self, *, pre_vote: bool, transfer: bool) -> None:
         if self._role is Role.LEADER or not self._is_promotable():

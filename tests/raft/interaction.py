@@ -140,6 +140,7 @@ class InteractionEnv:
             "stabilize": self._stabilize,
             "isolate": self._isolate,
             "heal": self._heal,
+            "leader-unreachable": self._leader_unreachable,
             "compact": self._compact,
             "status": self._status,
             "log": self._log,
@@ -235,6 +236,11 @@ class InteractionEnv:
 
     def _heal(self, _ids: list[str], _options: dict[str, str]) -> list[str]:
         self.net.heal()
+        return []
+
+    def _leader_unreachable(self, args: list[str], _options: dict[str, str]) -> list[str]:
+        """``leader-unreachable b a``: b's IO layer saw its link to a drop."""
+        self.net[args[0]].leader_unreachable(args[1])
         return []
 
     def _compact(self, args: list[str], _options: dict[str, str]) -> list[str]:

@@ -208,6 +208,34 @@ async def test_leader_cut_off_loses_leadership_and_another_takes_over(cluster: C
     assert not old.driver.is_leader(0)
 
 
+async def test_followers_elect_at_once_when_the_leaders_connection_drops(
+    tmp_path: Path,
+) -> None:
+    """The transport reports the dead leader's connection down: its followers
+    campaign within a few ticks (RaftNode.leader_unreachable), not after the
+    election timeout, which here is at least a second."""
+    slow = DriverConfig(tick_interval_ms=5, election_timeout_ticks=200, heartbeat_interval_ticks=10)
+    cluster = Cluster(tmp_path, slow)
+    try:
+        for name in NAMES:
+            await cluster.start(name)
+            cluster.nodes[name].driver.ensure_group(0, NAMES)
+        old = await cluster.leader(0)
+        await old.driver.propose(0, put_command(b"k", b"1"), timeout_s=5)
+        others = tuple(n for n in NAMES if n != old.name)
+        await wait_for(
+            lambda: all(cluster.nodes[n].driver.leader_of(0) == old.name for n in others)
+        )
+        killed_at = time.monotonic()
+        await cluster.stop(old.name)  # its transport stops: the others see the link drop
+        new = await cluster.leader(0, among=others)
+        elected_s = time.monotonic() - killed_at
+        assert elected_s < 0.6, f"took {elected_s:.2f} s: waited for the election timeout"
+        assert await new.driver.propose(0, put_command(b"k", b"2"), timeout_s=2) == b"1"
+    finally:
+        await cluster.close()
+
+
 async def test_proposal_times_out_without_quorum(tmp_path: Path) -> None:
     slow_check = DriverConfig(tick_interval_ms=5, election_timeout_ticks=60)
     cluster = Cluster(tmp_path, slow_check)
