@@ -1,4 +1,4 @@
-"""The fault schedule: partitions, crashes and pauses during the safety phase.
+"""The fault schedule: partitions, crashes, pauses and link blips during the safety phase.
 
 Owns *when* and *where* faults strike; the network and the simulator carry
 them out. Draws only from the simulator's rng. A crash is either immediate
@@ -31,6 +31,8 @@ class FaultSchedule:
             self._next(self._params.crash_interval_ms, "crash", self._crash)
         if self._params.pause_interval_ms:
             self._next(self._params.pause_interval_ms, "pause", self._pause)
+        if self._params.blip_interval_ms:
+            self._next(self._params.blip_interval_ms, "blip", self._blip)
 
     def _next(self, mean_ms: int, label: str, action: object) -> None:
         assert callable(action)
@@ -61,8 +63,17 @@ class FaultSchedule:
             cut = rng.sample(pairs, rng.randint(1, len(pairs) // 2))
             sim.network.block(cut)
         sim.note(f"partition {kind}: {sorted(cut)}")
+        self._report_cut(sorted(cut))
         heal_ms = rng.randint(20, self._params.partition_duration_ms_max)
         sim.queue.schedule(heal_ms, "fault heal", self._heal)
+
+    def _report_cut(self, cut: list[tuple[str, str]]) -> None:
+        """A cut connection is (sometimes) noticed by both of its ends."""
+        pairs = sorted({(min(a, b), max(a, b)) for a, b in cut})
+        for a, b in pairs:
+            if self._sim.rng.random() < self._params.link_down_rate:
+                self._sim.report_link_down(a, b, self._sim.rng.randint(0, 50))
+                self._sim.report_link_down(b, a, self._sim.rng.randint(0, 50))
 
     def _heal(self) -> None:
         if self._sim.phase != "safety":
@@ -89,6 +100,20 @@ class FaultSchedule:
         slot.crash_at = sim.rng.choice(self._params.crash_points)
         sim.note(f"crash planned on {victim} at {slot.crash_at}")
         sim.wake(victim)
+
+    # --- link blips ------------------------------------------------------------------
+
+    def _blip(self) -> None:
+        """A connection between two nodes drops and is redialed at once:
+        both ends get the down callback, the network itself loses nothing."""
+        sim = self._sim
+        if sim.phase != "safety":
+            return
+        self._next(self._params.blip_interval_ms, "blip", self._blip)
+        a, b = sim.rng.sample(sorted(sim.slots), 2)
+        sim.note(f"link blip {a}-{b}")
+        sim.report_link_down(a, b, sim.rng.randint(0, 3))
+        sim.report_link_down(b, a, sim.rng.randint(0, 3))
 
     # --- pauses --------------------------------------------------------------------
 

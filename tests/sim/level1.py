@@ -109,6 +109,12 @@ class CoreProcess:
                 self._staged[(msg.group_id, msg.snapshot.index)] = envelope.snapshot_items
             core.step(msg)
 
+    def peer_down(self, peer: str) -> None:
+        for group in sorted(self._cores):
+            core = self._cores[group]
+            core.leader_unreachable(peer)
+            core.report_unreachable(peer)
+
     def groups(self) -> list[int]:
         return sorted(self._cores)
 

@@ -73,6 +73,13 @@ class HostProcess:
         assert isinstance(payload, bytes)
         self._host.receive(sender, payload)
 
+    def peer_down(self, peer: str) -> None:
+        # What RaftDriver._peer_down does on a connection-down callback.
+        host = self._host
+        for group in host.group_ids():
+            host.core(group).leader_unreachable(peer)
+        host.peer_unreachable(peer)
+
     def groups(self) -> list[int]:
         return self._host.group_ids()
 

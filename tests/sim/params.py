@@ -77,6 +77,13 @@ class SimParams:
     readd_wiped: bool
     """Let a node whose replica was deleted rejoin the group under the same
     id, as the coordinator does for a node that lost its data (FINDINGS.md, 2)."""
+    link_down_rate: float
+    """Chance that a partition's cut link is also reported down to both ends
+    (a transport noticing a dead connection); crashes always are."""
+    blip_interval_ms: int
+    """Mean time between link blips: a connection between two live nodes
+    drops and comes back at once, so both report the other down while
+    nothing is lost (a live leader must survive it); 0 disables them."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -130,6 +137,8 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         max_msg_bytes=rng.choice((64, 512, 1 << 20)),
         max_uncommitted_bytes=rng.choice((2048, 64 << 20, 64 << 20)),
         readd_wiped=rng.random() < 0.7,
+        link_down_rate=rng.choice((0.0, 0.5, 1.0)),
+        blip_interval_ms=_sometimes(rng, 0.5, rng.randint(50, 500)),
     )
 
 

@@ -63,6 +63,11 @@ class NodeProcess(Protocol):
 
     def receive(self, sender: str, payload: object) -> None: ...
 
+    def peer_down(self, peer: str) -> None:
+        """The transport's connection to ``peer`` went down (the driver's
+        peer-state callback): it crashed, or the link was cut or blipped."""
+        ...
+
     def iterate(self, send: Send, crash_at: str | None) -> bool:
         """One driver iteration: persist, send, apply, advance what is ready;
         raise ``ProcessCrashed`` at ``crash_at`` if given. True when more

@@ -35,6 +35,16 @@ __all__ = ["Level", "NodeSlot", "SimResult", "SimulationFailure", "Simulator"]
 
 CONVERGE_CHECK_MS = 50
 DEFAULT_SAFETY_MS = 2_000
+LINK_DOWN_MS_MAX = 5
+"""A killed process's connections close at once: its peers hear of it
+within a few milliseconds (each at its own moment)."""
+
+
+class _LinkDown:
+    """Held for a paused process in place of a payload: a peer-down callback."""
+
+
+LINK_DOWN = _LinkDown()
 
 
 class SimulationFailure(AssertionError):
@@ -180,6 +190,8 @@ class Simulator:
         slot.crash_at = None
         slot.crashes += 1
         self.level.on_crash(slot)
+        for peer in self.up_nodes():
+            self.report_link_down(peer, node_id, self.rng.randint(0, LINK_DOWN_MS_MAX))
         downtime_ms = 0 if self.phase != "safety" else self.faults.downtime_ms()
         self.queue.schedule(downtime_ms, f"restart {node_id}", lambda: self.restart(node_id))
 
@@ -192,6 +204,24 @@ class Simulator:
         for group, voters in sorted(self.hosting[node_id].items()):
             self.ensure_group(node_id, group, voters)
         self.wake(node_id)
+
+    def report_link_down(self, node_id: str, peer: str, delay_ms: int) -> None:
+        """In ``delay_ms``, tell ``node_id``'s process (if still the same one)
+        that its connection to ``peer`` went down."""
+        slot = self.slots[node_id]
+        generation = slot.generation
+
+        def report() -> None:
+            process = slot.process
+            if process is None or slot.generation != generation:
+                return
+            if slot.paused:  # the callback runs when the process does
+                slot.held.append((peer, LINK_DOWN))
+                return
+            process.peer_down(peer)
+            self.wake(node_id)
+
+        self.queue.schedule(delay_ms, f"link down {node_id}->{peer}", report)
 
     def pause(self, node_id: str) -> None:
         slot = self.slots[node_id]
@@ -210,7 +240,10 @@ class Simulator:
         assert process is not None
         held, slot.held = slot.held, []
         for sender, payload in held:
-            process.receive(sender, payload)
+            if payload is LINK_DOWN:
+                process.peer_down(sender)
+            else:
+                process.receive(sender, payload)
         self.wake(node_id)
 
     def wake(self, node_id: str) -> None:
