@@ -59,7 +59,12 @@ __all__ = ["ForwardHandler", "LeaderDirectory", "LeaderOnlyEngine", "RoutedConve
 
 FORWARD_METHOD = "conv"
 _PAUSE_MIN_S = 0.01
-_PAUSE_MAX_S = 0.2
+_PAUSE_MAX_S = 0.05
+"""Longest wait between attempts when no usable leader is known. A new
+leader is usually elected within ~0.1-0.3 s of the old one's death
+(``RaftNode.leader_unreachable``) and known here a round trip later: a
+longer pause would add up to itself to the client-visible outage, for a
+retry that costs one small RPC answered at once (``not_leader``)."""
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
