@@ -85,19 +85,12 @@ class Serializer(Protocol):
         ...
 
 
-def _ref(value: object) -> Ref | None:
+def _check_ref(value: object, name: str) -> Ref:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ValueError
-
-
-def _check_ref(value: object, name: str) -> Ref:
-    try:
-        return _ref(value)
-    except ValueError:
-        raise FrameError(f"{name} must be a string or null") from None
+    raise FrameError(f"{name} must be a string or null")
 
 
 def _json(value: object) -> bytes:

@@ -531,3 +531,37 @@ async def test_shutdown_closes_sockets_with_1001(node: TestClient) -> None:
         )
         await closing
         assert loop.time() - started < 1.0  # not aiohttp's 1 s straggler wait
+
+
+async def test_tombstoned_conversation_join_without_from_seq(
+    node: TestClient, connect: Connect
+) -> None:
+    await create(node)
+    assert (await node.delete("/v1/conversations/c1")).status == 204
+    client: PhoenixClient = await connect()
+    join_ref, reply = await client.join(TOPIC)
+    assert reply.payload["response"]["tombstoned"] is True
+    [push] = await client.pushes(1)
+    assert (push.join_ref, push.event, push.payload) == (
+        join_ref,
+        "tombstone",
+        {"type": "tombstone"},
+    )
+
+
+async def test_client_that_sends_without_reading_is_closed(
+    node: TestClient, connect: Connect
+) -> None:
+    node.app[STREAMS_KEY].limits = StreamLimits(send_queue_bytes=512, send_queue_hard_bytes=1024)
+    client: PhoenixClient = await connect()
+    # Client and server share this loop: all 300 arrive before the server's
+    # writer gets a turn, so their replies pile up past the hard limit.
+    for _ in range(300):
+        await client.send(None, client.next_ref(), "phoenix", "heartbeat", {})
+    async with asyncio.timeout(5):
+        while True:
+            message = await client.ws.receive()
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                break
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert message.data == aiohttp.WSCloseCode.POLICY_VIOLATION
