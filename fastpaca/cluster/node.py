@@ -11,6 +11,12 @@ Readiness: ready once the cluster is bootstrapped, this node is connected to
 a majority of the present members, and every group has a known leader (the
 ones hosted here by our own Raft view, the others through the peers'
 statuses), so every request this node takes can be served.
+
+Departed nodes: every ``REPLICAS_INTERVAL_S`` the nodes holding a replica of
+some group (our groups' Raft memberships, plus the memberships the leaders
+report in their statuses) go to ``Membership.set_replicas``, which forgets a
+node gone from discovery once it is down past the grace period and holds no
+replica any more, so the transport stops dialing it (rule in ``membership.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from fastpaca.store.runtime import ConversationRuntime, RaftEngine
 __all__ = ["ClusterNode", "ClusterNumbers"]
 
 _log = logging.getLogger(__name__)
+
+REPLICAS_INTERVAL_S = 1.0
+"""How often the membership learns who holds replicas (and forgets departed
+nodes): the coordinator's rounds that move replicas take longer than this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +133,7 @@ class ClusterNode:
         """Start the loops; call after the driver started, before the transport."""
         self._spawn(self.gossip.run(), "cluster-gossip")
         self._spawn(self.coordinator.run(), "cluster-coordinator")
+        self._spawn(self._track_replicas(), "cluster-replicas")
         if self._config.dns_query is not None:
             discovery = DnsDiscovery(
                 query=self._config.dns_query,
@@ -204,6 +215,27 @@ class ClusterNode:
             has_joined=self._record.has_joined,
             members_view=tuple(sorted(self.membership.known())),
         )
+
+    def replica_nodes(self) -> frozenset[str]:
+        """Every node that holds a replica (voter or learner) of a group, as
+        far as this node can tell: its own groups' memberships and those the
+        connected leaders report."""
+        nodes: set[str] = set()
+        host = self._driver.host
+        for group_id in host.group_ids():
+            conf = host.core(group_id).conf_state
+            nodes.update(conf.voters)
+            nodes.update(conf.learners)
+        for status in self.gossip.statuses().values():
+            for report in status.led.values():
+                nodes.update(report.voters)
+                nodes.update(report.learners)
+        return frozenset(nodes)
+
+    async def _track_replicas(self) -> None:
+        while True:
+            self.membership.set_replicas(self.replica_nodes())
+            await asyncio.sleep(REPLICAS_INTERVAL_S)
 
     async def _on_dns_members(self, members: list[Member]) -> None:
         _log.info("dns discovery: %d members", len(members), extra={"type": "cluster.discovery"})

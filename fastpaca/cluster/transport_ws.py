@@ -175,9 +175,18 @@ class WebSocketTransport:
         wanted = {peer_id: (host, int(port)) for peer_id, (host, port) in peers.items()}
         wanted.pop(self._node_id, None)
         for peer_id in set(self._peers) - set(wanted):
-            task = self._dialers.pop(peer_id, None)
-            if task is not None:
-                task.cancel()  # the dialer owns our outbound link: it closes it on the way out
+            task = self._dialers.get(peer_id)
+            # The dialer owns our outbound link: cancelled, it closes it on the
+            # way out. Not when it is the caller (a peer-state callback fired
+            # from its own link's teardown): cancelling it would cut that
+            # teardown short; it sees the peer gone and ends by itself (or
+            # carries on, should the peer be put back meanwhile).
+            if task is not None and task is not asyncio.current_task():
+                del self._dialers[peer_id]
+                task.cancel()
+            if peer_id not in self._links:
+                # Forgotten: its counters go too (metrics label sets stay bounded).
+                self.stats.peers.pop(peer_id, None)
         self._peers = wanted
         for peer_id in sorted(wanted):
             self.stats.peer(peer_id)
@@ -384,8 +393,10 @@ class WebSocketTransport:
             await link.run(self._dispatch, self.stats.peer(link.peer_id), send_first=send_first)
         finally:
             self._unregister(link)
-            await link.close(CLOSE_GOING_AWAY)
-            link.closed.set()
+            try:
+                await link.close(CLOSE_GOING_AWAY)
+            finally:
+                link.closed.set()  # even if cancelled meanwhile: waiters must not hang
 
     def _dispatch(self, peer_id: str, records: list[tuple[int, bytes]]) -> None:
         """Hand each payload to its channel's handler, in order.

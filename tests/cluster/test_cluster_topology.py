@@ -138,6 +138,31 @@ async def test_grow_to_four_and_shrink_back_loses_nothing(cluster: LocalCluster)
         assert writer.failures == [], writer.failures[:5]
         assert writer.sent > 100
         await assert_all_there(session, first_three, writer)
+        # n4 is in nobody's CLUSTER_NODES, down past the grace period and holds
+        # no replica any more: the others forget it and stop dialing it.
+        await wait_forgotten(session, first_three, fourth, timeout_s=20)
+
+
+async def wait_forgotten(
+    session: aiohttp.ClientSession,
+    nodes: list[ClusterNodeProcess],
+    departed: ClusterNodeProcess,
+    timeout_s: float,
+) -> None:
+    label = f'peer="{departed.entry}"'
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remembered = []
+        for node in nodes:
+            async with session.get(node.url + "/metrics") as response:
+                text = await response.text()
+            known = await metric(session, node.url, "fastpaca_cluster_peers_known")
+            if known != len(nodes) - 1 or label in text:
+                remembered.append(node.name)
+        if not remembered:
+            return
+        assert time.monotonic() < deadline, f"{remembered} still know {departed.entry}"
+        await asyncio.sleep(0.25)
 
 
 async def test_coordinator_killed_while_replicas_move(cluster: LocalCluster) -> None:
