@@ -146,7 +146,10 @@ async def test_kill_9_of_any_node_keeps_writes_and_the_node_catches_up(
             if victim is cluster.nodes[0]:  # the coordinator: n2 takes over
                 await _wait_metric(session, survivors[0].url, "fastpaca_cluster_coordinator", 1)
             window = await _write_until_ok(session, survivors, cids, acknowledged)
-            assert window < 5.0, f"writes failed for {window:.1f} s after killing {victim.name}"
+            # The followers of the dead leaders see its connection drop and
+            # elect within a few ticks (RaftNode.leader_unreachable): ~0.3 s
+            # on an idle machine; 3 s leaves room for a loaded CI box.
+            assert window < 3.0, f"writes failed for {window:.1f} s after killing {victim.name}"
             # Far behind: well past the compaction threshold (60 entries).
             for round_ in range(25):
                 for i, cid in enumerate(cids):
