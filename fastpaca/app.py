@@ -31,7 +31,9 @@ from fastpaca.config import Settings
 from fastpaca.errors import ConfigError
 from fastpaca.observability.health import Readiness, every_group_has_leader
 from fastpaca.observability.metrics import Metrics
+from fastpaca.pubsub.adapter import PubSubAdapter
 from fastpaca.pubsub.bus import LocalBus
+from fastpaca.pubsub.cluster_adapter import ClusterFanout
 from fastpaca.pubsub.publisher import StreamPublisher
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
@@ -70,6 +72,8 @@ class Node:
     metrics: Metrics
     bus: LocalBus
     cluster: ClusterNode | None = None
+    pubsub: PubSubAdapter | None = None
+    """Fans stream events out to other nodes; None on a node running alone."""
 
 
 NODE_KEY = web.AppKey("node", Node)
@@ -94,7 +98,6 @@ def create_app(
     try:
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
         bus = LocalBus()
-        effects.add_listener(StreamPublisher(bus))
         fsm = ConversationStateMachine(kv, effect_sink=effects)
         transport: Transport
         if cluster_config is None:
@@ -120,6 +123,12 @@ def create_app(
             )
 
         runtime = make_runtime(driver)
+        pubsub = _pubsub(settings, bus, transport, driver, clustered=cluster_config is not None)
+        if pubsub is None:  # running alone: every group applies here, publish them all
+            effects.add_listener(StreamPublisher(bus))
+        else:
+            effects.add_listener(pubsub)
+            metrics.watch_pubsub(pubsub.stats)
         cluster = None
         if isinstance(transport, WebSocketTransport) and cluster_config is not None:
             cluster = _cluster_node(cluster_config, settings, driver, transport, make_runtime)
@@ -138,7 +147,7 @@ def create_app(
         app[OPENAPI_KEY] = openapi_json()
         app[BUS_KEY] = bus
         app[NODE_KEY] = Node(
-            node_id, kv, driver, runtime, effects, readiness, metrics, bus, cluster
+            node_id, kv, driver, runtime, effects, readiness, metrics, bus, cluster, pubsub
         )
         if cluster is not None:
             add_cluster_route(app, cluster.transport)
@@ -149,8 +158,23 @@ def create_app(
     if cluster is None:
         app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups))
     else:
-        app.cleanup_ctx.append(_cluster_ctx(driver, cluster))
+        app.cleanup_ctx.append(_cluster_ctx(driver, cluster, pubsub))
     return app
+
+
+def _pubsub(
+    settings: Settings,
+    bus: LocalBus,
+    transport: Transport,
+    driver: RaftDriver,
+    *,
+    clustered: bool,
+) -> PubSubAdapter | None:
+    """The adapter that carries stream events between nodes (over the peer
+    transport); None for a node running alone."""
+    if not clustered:
+        return None
+    return ClusterFanout(bus=bus, transport=transport, is_leader=driver.is_leader)
 
 
 def _driver_config(settings: Settings) -> DriverConfig:
@@ -250,7 +274,7 @@ def _raft_ctx(
 
 
 def _cluster_ctx(
-    driver: RaftDriver, cluster: ClusterNode
+    driver: RaftDriver, cluster: ClusterNode, pubsub: PubSubAdapter | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """Groups come from the coordinator (bootstrap, placement), not from here.
 
@@ -263,18 +287,22 @@ def _cluster_ctx(
     async def raft(app: web.Application) -> AsyncIterator[None]:
         await driver.start()  # subscribes to the transport before it connects
         await cluster.start()
+        if pubsub is not None:  # before the transport: it announces on every link-up
+            await pubsub.start()
         await cluster.transport.start()
         _log.info(
             "raft started (clustered)",
             extra={"type": "raft.started", "node_id": cluster.node_id},
         )
         yield
-        await _stop_cluster(driver, cluster)  # no-op after the on_shutdown hook
+        await _stop_cluster(driver, cluster, pubsub)  # no-op after the on_shutdown hook
 
     return raft
 
 
-async def _stop_cluster(driver: RaftDriver, cluster: ClusterNode) -> None:
+async def _stop_cluster(
+    driver: RaftDriver, cluster: ClusterNode, pubsub: PubSubAdapter | None
+) -> None:
     """No more topology changes, hand our leaderships over (the transport
     still runs, so the transfers reach the peers), then go quiet."""
     if cluster.is_stopped:
@@ -283,6 +311,8 @@ async def _stop_cluster(driver: RaftDriver, cluster: ClusterNode) -> None:
     await cluster.stop_planning()
     await driver.stop(transfer_leadership=True)
     handed_over_s = asyncio.get_running_loop().time() - started
+    if pubsub is not None:
+        await pubsub.stop()
     await cluster.stop()
     await cluster.transport.stop()
     _log.info(
@@ -333,7 +363,7 @@ async def serve(settings: Settings) -> None:
             "drain timed out", extra={"type": "server.drain_timeout", "in_flight": in_flight.count}
         )
     if node.cluster is not None:  # while aiohttp still reads the peers' links
-        await _stop_cluster(node.driver, node.cluster)
+        await _stop_cluster(node.driver, node.cluster, node.pubsub)
     await runner.cleanup()
     _log.info("stopped", extra={"type": "server.stopped"})
 

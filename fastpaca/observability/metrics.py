@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from fastpaca.pubsub.stats import PubSubStats
 from fastpaca.raft.stats import RaftStats
 from fastpaca.store.messages import PreparedMessage
 
@@ -135,6 +136,10 @@ class Metrics:
         from ``numbers()`` on every scrape."""
         self.registry.register(_ClusterCollector(numbers))
 
+    def watch_pubsub(self, stats: PubSubStats) -> None:
+        """Export the pub/sub adapter's series, read from ``stats`` on every scrape."""
+        self.registry.register(_PubSubCollector(stats))
+
     def watch_streams(self, stats: Callable[[], StreamStats]) -> None:
         """Export the websocket stream series, read from ``stats()`` on every
         scrape (the sockets count in plain ints: no lock per push)."""
@@ -214,6 +219,43 @@ def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
         buckets=buckets,
         sum_value=histogram.total_s,
     )
+
+
+class _PubSubCollector(Collector):
+    _COUNTERS = {
+        "events_published": "Stream events this node, as group leader, gave its own subscribers.",
+        "events_forwarded": "Stream event copies sent to other nodes for their subscribers.",
+        "events_received": "Stream events received from other nodes for this node's subscribers.",
+        "events_dropped": "Stream event copies not sent (peer link down or full, broker down).",
+        "frames_sent": "Pub/sub event frames sent.",
+        "frames_received": "Pub/sub event frames received.",
+        "interest_frames_sent": "Interest announcements sent to peers.",
+        "interest_frames_received": "Interest announcements received from peers.",
+        "malformed_frames": "Pub/sub frames dropped as malformed.",
+    }
+
+    def __init__(self, stats: PubSubStats) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._stats
+        for field, help_text in self._COUNTERS.items():
+            yield CounterMetricFamily(
+                f"fastpaca_pubsub_{field}", help_text, value=getattr(stats, field)
+            )
+        yield GaugeMetricFamily(
+            "fastpaca_pubsub_remote_interests",
+            "(conversation, node) pairs this node sends stream events to when it leads.",
+            value=stats.remote_interests,
+        )
+        yield GaugeMetricFamily(
+            "fastpaca_pubsub_local_interests",
+            "Conversations with a stream subscriber on this node.",
+            value=stats.local_interests,
+        )
 
 
 class _StreamCollector(Collector):

@@ -118,6 +118,10 @@ class LocalBus:
     def has_subscribers(self, conversation_id: str) -> bool:
         return conversation_id in self._subscribers
 
+    def has_any_subscribers(self) -> bool:
+        """Whether any conversation has a subscriber here (a per-apply fast path)."""
+        return bool(self._subscribers)
+
     def interests(self) -> Iterator[str]:
         """The conversations with at least one local subscriber."""
         return iter(tuple(self._subscribers))

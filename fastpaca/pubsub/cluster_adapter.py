@@ -1,0 +1,343 @@
+"""Stream events to subscribers on every node, over the peer transport.
+
+``FASTPACA_PUBSUB_ADAPTER=cluster`` (the default). A subscriber connected to
+any node receives the events of any conversation, whichever nodes host the
+conversation's Raft group.
+
+Design, and why:
+
+- **Interest, not broadcast.** Each node tells every connected peer which
+  conversations it has subscribers for (``Channel.PUBSUB`` interest frames,
+  layout in ``wire.py``): its whole set when a link comes up (links drop, and
+  a peer that reconnects knows nothing of us), then add/remove deltas as local
+  interest starts and ends, and the whole set again every ``refresh_s``. The
+  periodic full set repairs what deltas cannot: one lost to a full send queue,
+  or two reordered across the old and new connection while the transport
+  replaces a duplicate one. An append nobody watches therefore costs two dict
+  lookups and sends nothing; a 3-node cluster does not pay for fan-out on
+  every append (throughput target: >= 0.5x single node).
+- **The group leader publishes.** Every replica applies each committed entry
+  and hands its effects to this adapter, but only the leader's apply acts:
+  it delivers to this node's subscribers and queues the event for the peers
+  that announced interest. The leader applies as soon as an entry commits;
+  followers learn the commit one round later, so this is the lowest latency
+  and each event leaves exactly one node. Followers' applies publish nothing
+  (their subscribers get the leader's copy), so there is no duplicate in the
+  steady state.
+- **Batching.** Events for one peer are buffered during a Raft driver
+  iteration (one apply pass covers many groups) and sent as one frame per
+  peer from a ``call_soon`` callback, i.e. while the iteration's write runs.
+  Each event is encoded once, whatever the number of interested peers.
+- **Leader changes.** An event may be published twice (the old leader
+  applied it, and the new one applies it again after taking over) or never
+  (the old leader died between commit and apply, and the new leader applied
+  it while still a follower). Subscribers dedupe by ``seq`` and report holes
+  as ``gap`` so the client replays (DESIGN section 5; ``bus.py``). A peer
+  link that drops loses its queued events the same way.
+- **Bad input.** A malformed frame is counted, logged and dropped; it never
+  raises into the transport (which would close the link and with it Raft's
+  traffic) and never reaches a subscriber.
+
+The node that runs alone needs none of this: ``publisher.StreamPublisher``
+publishes every apply to the local bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from fastpaca.pubsub import wire
+from fastpaca.pubsub.bus import LocalBus, StreamEvent
+from fastpaca.pubsub.publisher import event_for
+from fastpaca.pubsub.stats import PubSubStats
+from fastpaca.raft.transport import Channel, Transport
+from fastpaca.store.effects import Effect
+
+__all__ = ["ClusterFanout"]
+
+_log = logging.getLogger(__name__)
+
+FRAME_BYTES_MAX = 256 * 1024
+"""Events to one peer are split into frames of about this size, so one busy
+iteration does not build a single huge payload ahead of Raft's frames."""
+REFRESH_S = 10.0
+RESYNC_DELAY_S = 0.5
+"""After a peer's queue refused an interest frame, retry the full set this late."""
+
+
+class ClusterFanout:
+    """The cluster adapter; an ``EffectSink`` for the node's ``EffectHub``.
+
+    ``is_leader(group_id)`` says whether this node currently leads the
+    group (``RaftDriver.is_leader``)."""
+
+    def __init__(
+        self,
+        *,
+        bus: LocalBus,
+        transport: Transport,
+        is_leader: Callable[[int], bool],
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        refresh_s: float = REFRESH_S,
+        resync_delay_s: float = RESYNC_DELAY_S,
+    ) -> None:
+        self._bus = bus
+        self._transport = transport
+        self._is_leader = is_leader
+        self._frame_bytes_max = frame_bytes_max
+        self._refresh_s = refresh_s
+        self._resync_delay_s = resync_delay_s
+        self.stats = PubSubStats()
+        self._peers_of: dict[str, set[str]] = {}
+        """Conversation id -> peers that announced interest in it."""
+        self._interest_of: dict[str, set[str]] = {}
+        """Peer -> conversation ids it announced (the inverse of ``_peers_of``)."""
+        self._outbox: dict[str, list[bytes]] = {}
+        """Peer -> event records waiting for this iteration's flush."""
+        self._pending_interest: dict[str, bool] = {}
+        """Local interest changes not yet announced (latest state per conversation)."""
+        self._resync: set[str] = set()
+        self._flush_scheduled = False
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._resync_timer: asyncio.TimerHandle | None = None
+        self._running = False
+        transport.subscribe(Channel.PUBSUB, self._on_frame)
+        transport.on_peer_state(self._on_peer_state)
+        bus.on_interest(self._on_local_interest)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start announcing (before the transport starts, so no link-up is missed)."""
+        self._running = True
+        self._schedule_refresh()
+
+    async def stop(self) -> None:
+        """Stop sending anything; inbound events are still delivered."""
+        self._running = False
+        for timer in (self._refresh_timer, self._resync_timer):
+            if timer is not None:
+                timer.cancel()
+        self._refresh_timer = self._resync_timer = None
+        self._outbox.clear()
+        self._pending_interest.clear()
+
+    # --- queries (tests, diagnostics) ---------------------------------------------------
+
+    def interested_peers(self, conversation_id: str) -> frozenset[str]:
+        return frozenset(self._peers_of.get(conversation_id, ()))
+
+    def interest_of(self, peer: str) -> frozenset[str]:
+        return frozenset(self._interest_of.get(peer, ()))
+
+    # --- the apply path -----------------------------------------------------------------
+
+    def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
+        """Called from the Raft driver's apply pass; must not block."""
+        bus, peers_of = self._bus, self._peers_of
+        if not peers_of and not bus.has_any_subscribers():
+            return  # nobody anywhere watches anything: the common case under load
+        if not self._is_leader(group_id):
+            return
+        stats = self.stats
+        for effect in effects:
+            conversation_id = effect.conversation_id
+            local = bus.has_subscribers(conversation_id)
+            peers = peers_of.get(conversation_id)
+            if not local and not peers:
+                continue
+            event = event_for(effect)
+            if local:
+                bus.publish(event)
+                stats.events_published += 1
+            if peers and self._running:
+                record = wire.event_record(event)
+                outbox = self._outbox
+                for peer in peers:
+                    queued = outbox.get(peer)
+                    if queued is None:
+                        outbox[peer] = [record]
+                    else:
+                        queued.append(record)
+                self._schedule_flush()
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._running:
+            return
+        outbox, self._outbox = self._outbox, {}
+        for peer, records in outbox.items():
+            self._send_events(peer, records)
+        if self._pending_interest:
+            self._announce_changes()
+
+    def _send_events(self, peer: str, records: list[bytes]) -> None:
+        stats = self.stats
+        limit = self._frame_bytes_max
+        start, size = 0, 0
+        for index, record in enumerate(records):
+            if size and size + len(record) > limit:
+                self._send_event_frame(peer, records[start:index])
+                start, size = index, 0
+            size += len(record)
+        self._send_event_frame(peer, records[start:])
+        stats.events_forwarded += len(records)
+
+    def _send_event_frame(self, peer: str, records: list[bytes]) -> None:
+        if self._transport.send(peer, Channel.PUBSUB, wire.encode_events(records)):
+            self.stats.frames_sent += 1
+        else:
+            self.stats.events_dropped += len(records)  # subscribers there will see a gap
+
+    def _on_local_interest(self, conversation_id: str, interested: bool) -> None:
+        self.stats.local_interests += 1 if interested else -1
+        if not self._running:
+            return  # the full set goes out when links come up
+        self._pending_interest[conversation_id] = interested
+        self._schedule_flush()
+
+    def _announce_changes(self) -> None:
+        """Send the pending local interest changes to every connected peer."""
+        pending, self._pending_interest = self._pending_interest, {}
+        added = [cid for cid, interested in pending.items() if interested]
+        removed = [cid for cid, interested in pending.items() if not interested]
+        frames = []
+        if added:
+            frames.append(wire.encode_interest(wire.INTEREST_ADD, added))
+        if removed:
+            frames.append(wire.encode_interest(wire.INTEREST_REMOVE, removed))
+        for peer in sorted(self._transport.connected_peers()):
+            for frame in frames:
+                if not self._send_interest(peer, frame):
+                    break
+
+    def _announce_all(self, peer: str) -> None:
+        frame = wire.encode_interest(wire.INTEREST_FULL, self._bus.interests())
+        self._send_interest(peer, frame)
+
+    def _send_interest(self, peer: str, frame: bytes) -> bool:
+        if self._transport.send(peer, Channel.PUBSUB, frame):
+            self.stats.interest_frames_sent += 1
+            return True
+        if peer in self._transport.connected_peers():
+            # The link is up but its queue is full: the peer's view of us is
+            # now wrong, so it gets the whole set again shortly.
+            self._resync.add(peer)
+            if self._resync_timer is None:
+                loop = asyncio.get_running_loop()
+                self._resync_timer = loop.call_later(self._resync_delay_s, self._resync_now)
+        return False
+
+    def _resync_now(self) -> None:
+        self._resync_timer = None
+        peers, self._resync = self._resync, set()
+        if not self._running:
+            return
+        connected = self._transport.connected_peers()
+        for peer in sorted(peers & connected):
+            self._announce_all(peer)
+
+    def _schedule_refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._refresh_timer = loop.call_later(self._refresh_s, self._refresh)
+
+    def _refresh(self) -> None:
+        self._refresh_timer = None
+        if not self._running:
+            return
+        for peer in sorted(self._transport.connected_peers()):
+            self._announce_all(peer)
+        self._schedule_refresh()
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def _on_frame(self, peer: str, frame: bytes) -> None:
+        """A ``Channel.PUBSUB`` payload from ``peer``. Never raises: the
+        transport would close the link, and with it the Raft traffic."""
+        try:
+            kind = wire.frame_kind(frame)
+            if kind == wire.EVENTS:
+                events = wire.decode_events(frame)
+            else:
+                kind, ids = wire.decode_interest(frame)
+        except wire.WireError as exc:
+            self.stats.malformed_frames += 1
+            _log.warning(
+                "pubsub: malformed frame from %s dropped: %s",
+                peer,
+                exc,
+                extra={"type": "pubsub.malformed_frame", "peer": peer},
+            )
+            return
+        if kind == wire.EVENTS:
+            self._deliver(events)
+        else:
+            self._on_interest(peer, kind, ids)
+
+    def _deliver(self, events: list[StreamEvent]) -> None:
+        stats = self.stats
+        stats.frames_received += 1
+        bus = self._bus
+        for event in events:
+            stats.events_received += 1
+            bus.publish(event)  # no-op if our subscribers left meanwhile
+
+    def _on_interest(self, peer: str, kind: int, ids: list[str]) -> None:
+        self.stats.interest_frames_received += 1
+        if kind == wire.INTEREST_FULL:
+            wanted = set(ids)
+            current = self._interest_of.get(peer, set())
+            for conversation_id in current - wanted:
+                self._forget(peer, conversation_id)
+            for conversation_id in wanted - current:
+                self._remember(peer, conversation_id)
+        elif kind == wire.INTEREST_ADD:
+            for conversation_id in ids:
+                self._remember(peer, conversation_id)
+        else:
+            for conversation_id in ids:
+                self._forget(peer, conversation_id)
+
+    def _remember(self, peer: str, conversation_id: str) -> None:
+        conversations = self._interest_of.setdefault(peer, set())
+        if conversation_id in conversations:
+            return
+        conversations.add(conversation_id)
+        self._peers_of.setdefault(conversation_id, set()).add(peer)
+        self.stats.remote_interests += 1
+
+    def _forget(self, peer: str, conversation_id: str) -> None:
+        conversations = self._interest_of.get(peer)
+        if conversations is None or conversation_id not in conversations:
+            return
+        conversations.discard(conversation_id)
+        if not conversations:
+            del self._interest_of[peer]
+        peers = self._peers_of[conversation_id]
+        peers.discard(peer)
+        if not peers:
+            del self._peers_of[conversation_id]
+        self.stats.remote_interests -= 1
+
+    def _on_peer_state(self, peer: str, connected: bool) -> None:
+        if connected:
+            if self._running:
+                self._announce_all(peer)
+            return
+        # The peer re-announces its whole set when the link is back; until
+        # then nothing we send would reach it.
+        for conversation_id in list(self._interest_of.get(peer, ())):
+            self._forget(peer, conversation_id)
+        dropped = self._outbox.pop(peer, None)
+        if dropped:
+            self.stats.events_dropped += len(dropped)
+        self._resync.discard(peer)

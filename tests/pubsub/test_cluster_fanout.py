@@ -1,0 +1,245 @@
+"""The cluster adapter on an in-memory transport: interest tracking, leader-only
+publishing, withdrawal, link restarts, malformed frames and full queues."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastpaca.pubsub import wire
+from fastpaca.pubsub.bus import LocalBus, StreamEvent
+from fastpaca.pubsub.cluster_adapter import ClusterFanout
+from fastpaca.raft.transport import Channel
+from fastpaca.raft.transport_memory import InMemoryHub, InMemoryTransport
+from fastpaca.store.effects import Appended, Effect, Tombstoned
+
+NODES = ("n1", "n2", "n3")
+STORED = b'{"role":"user","parts":[],"metadata":{},"token_count":0}'
+
+
+def appended(cid: str, seq: int) -> Appended:
+    return Appended(conversation_id=cid, seq=seq, version=seq, message=STORED)
+
+
+@dataclass
+class Node:
+    name: str
+    transport: InMemoryTransport
+    bus: LocalBus
+    fanout: ClusterFanout
+    got: dict[str, list[StreamEvent]] = field(default_factory=dict)
+
+    def watch(self, cid: str) -> Callable[[], None]:
+        events = self.got.setdefault(cid, [])
+        return self.bus.subscribe(cid, events.append).close
+
+    def seqs(self, cid: str) -> list[int | None]:
+        return [event.seq for event in self.got.get(cid, [])]
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.hub = InMemoryHub()
+        self.leader = "n1"
+        self.nodes: dict[str, Node] = {}
+        for name in NODES:
+            transport = self.hub.transport(name)
+            bus = LocalBus()
+            fanout = ClusterFanout(
+                bus=bus,
+                transport=transport,
+                is_leader=lambda group_id, name=name: name == self.leader,
+                refresh_s=3600,  # only where a test asks for it
+                resync_delay_s=0.01,
+            )
+            self.nodes[name] = Node(name, transport, bus, fanout)
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Every replica applies; the adapter decides who publishes."""
+        for node in self.nodes.values():
+            node.fanout(0, effects)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    local = Cluster()
+    for node in local.nodes.values():
+        await node.fanout.start()
+        await node.transport.start()
+    yield local
+    for node in local.nodes.values():
+        await node.fanout.stop()
+        await node.transport.stop()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_only_the_leader_publishes_to_every_interested_node(cluster: Cluster) -> None:
+    n1, n2, n3 = (cluster.nodes[n] for n in NODES)
+    for node in (n1, n2, n3):
+        node.watch("c1")
+    await until(lambda: n1.fanout.interested_peers("c1") == {"n2", "n3"})
+    cluster.apply([appended("c1", 1), appended("c1", 2), Tombstoned(conversation_id="c1")])
+    await until(lambda: len(n2.got["c1"]) == 3 and len(n3.got["c1"]) == 3)
+    for node in (n1, n2, n3):
+        assert node.seqs("c1") == [1, 2, None]
+        assert node.got["c1"][2].payload == b'{"type":"tombstone"}'
+    assert n1.fanout.stats.events_published == 3
+    assert n1.fanout.stats.events_forwarded == 6
+    assert n1.fanout.stats.frames_sent == 2  # one frame per peer for the whole apply
+    assert n2.fanout.stats.events_forwarded == n3.fanout.stats.events_forwarded == 0
+    assert n2.fanout.stats.events_received == 3
+
+    # A leader change: the new leader's apply is the one that fans out.
+    cluster.leader = "n3"
+    cluster.apply([appended("c1", 3)])
+    await until(lambda: n1.seqs("c1")[-1] == 3 and n2.seqs("c1")[-1] == 3)
+    assert n3.seqs("c1") == [1, 2, None, 3]
+    assert n1.fanout.stats.events_forwarded == 6
+
+
+async def test_conversations_nobody_watches_send_nothing(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    n2.watch("watched")
+    await until(lambda: bool(n1.fanout.interested_peers("watched")))
+    sent_before = cluster.nodes["n1"].transport.frames_sent.copy()
+    cluster.apply([appended("other", 1), appended("other", 2)])
+    await asyncio.sleep(0)
+    assert n1.transport.frames_sent == sent_before
+    assert n1.fanout.stats.events_forwarded == 0
+
+
+async def test_withdrawn_interest_stops_the_leader_sending(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    close = n2.watch("c1")
+    second = n2.bus.subscribe("c1", lambda event: None)
+    await until(lambda: n1.fanout.interested_peers("c1") == {"n2"})
+    cluster.apply([appended("c1", 1)])
+    await until(lambda: n2.seqs("c1") == [1])
+    close()  # one subscriber left: still interested
+    await asyncio.sleep(0.01)
+    assert n1.fanout.interested_peers("c1") == {"n2"}
+    second.close()
+    await until(lambda: not n1.fanout.interested_peers("c1"))
+    assert n1.fanout.stats.remote_interests == 0
+    cluster.apply([appended("c1", 2)])
+    await asyncio.sleep(0.01)
+    assert n1.fanout.stats.events_forwarded == 1
+    assert n2.fanout.stats.events_received == 1
+
+
+async def test_a_link_restart_forgets_and_then_re_announces_interest(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    n2.watch("c1")
+    await until(lambda: n1.fanout.interested_peers("c1") == {"n2"})
+    cluster.hub.isolate("n2")
+    assert n1.fanout.interested_peers("c1") == frozenset()
+    n2.watch("c2")  # announced to nobody: no link is up
+    cluster.apply([appended("c1", 1)])
+    assert n1.fanout.stats.events_forwarded == 0
+    cluster.hub.heal()
+    await until(lambda: n1.fanout.interest_of("n2") == {"c1", "c2"})
+    cluster.apply([appended("c1", 2), appended("c2", 1)])
+    await until(lambda: n2.seqs("c1") == [2] and n2.seqs("c2") == [1])
+
+
+async def test_full_announcements_replace_and_repair_a_peers_view(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    n2.watch("c1")
+    await until(lambda: n1.fanout.interest_of("n2") == {"c1"})
+    # A stale delta (as if reordered across a replaced connection) ...
+    n2.transport.send("n1", Channel.PUBSUB, wire.encode_interest(wire.INTEREST_REMOVE, ["c1"]))
+    n2.transport.send("n1", Channel.PUBSUB, wire.encode_interest(wire.INTEREST_ADD, ["gone"]))
+    await until(lambda: n1.fanout.interest_of("n2") == {"gone"})
+    # ... is repaired by the periodic full set.
+    n2.fanout._refresh()
+    await until(lambda: n1.fanout.interest_of("n2") == {"c1"})
+    assert n1.fanout.stats.remote_interests == 1
+
+
+async def test_malformed_frames_are_counted_and_keep_the_link(cluster: Cluster) -> None:
+    n1, n2, n3 = (cluster.nodes[n] for n in NODES)
+    n1.watch("c1")
+    await until(lambda: n3.fanout.interested_peers("c1") == {"n1"})
+    for garbage in (b"", b"\x09", b"\x04\x00\x05", b"\x02\x00\x09ab"):
+        n2.transport.send("n1", Channel.PUBSUB, garbage)
+    await until(lambda: n1.fanout.stats.malformed_frames == 4)
+    assert n1.transport.handler_errors == 0
+    assert n1.got["c1"] == []
+    cluster.leader = "n3"
+    cluster.apply([appended("c1", 1)])
+    await until(lambda: n1.seqs("c1") == [1])
+
+
+class FullQueueTransport(InMemoryTransport):
+    """Refuses the next ``refuse`` sends while staying connected."""
+
+    refuse = 0
+
+    def send(self, peer: str, channel: int, payload: bytes) -> bool:
+        if self.refuse:
+            self.refuse -= 1
+            self.frames_dropped[peer] += 1
+            return False
+        return super().send(peer, channel, payload)
+
+
+async def test_an_interest_frame_refused_by_a_full_queue_is_resent_as_the_full_set() -> None:
+    hub = InMemoryHub()
+    flaky = FullQueueTransport(hub, "n2")
+    hub._transports["n2"] = flaky
+    other = hub.transport("n1")
+    buses = {"n1": LocalBus(), "n2": LocalBus()}
+    fanouts = {
+        name: ClusterFanout(
+            bus=buses[name], transport=transport, is_leader=lambda g: True, resync_delay_s=0.01
+        )
+        for name, transport in (("n1", other), ("n2", flaky))
+    }
+    for name, transport in (("n1", other), ("n2", flaky)):
+        await fanouts[name].start()
+        await transport.start()
+    try:
+        flaky.refuse = 1
+        buses["n2"].subscribe("c1", lambda event: None)
+        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})
+        assert flaky.frames_dropped["n1"] == 1
+    finally:
+        for name, transport in (("n1", other), ("n2", flaky)):
+            await fanouts[name].stop()
+            await transport.stop()
+
+
+async def test_events_to_one_peer_split_into_bounded_frames() -> None:
+    hub = InMemoryHub()
+    transports = {name: hub.transport(name) for name in ("n1", "n2")}
+    buses = {name: LocalBus() for name in transports}
+    fanouts = {
+        name: ClusterFanout(
+            bus=buses[name],
+            transport=transports[name],
+            is_leader=lambda g, name=name: name == "n1",
+            frame_bytes_max=1000,
+        )
+        for name in transports
+    }
+    for name in transports:
+        await fanouts[name].start()
+        await transports[name].start()
+    got: list[int | None] = []
+    buses["n2"].subscribe("c1", lambda event: got.append(event.seq))
+    await until(lambda: fanouts["n1"].interested_peers("c1") == {"n2"})
+    fanouts["n1"](0, [appended("c1", seq) for seq in range(1, 101)])
+    await until(lambda: len(got) == 100)
+    assert got == list(range(1, 101))
+    assert fanouts["n1"].stats.frames_sent > 5
+    for name in transports:
+        await fanouts[name].stop()
+        await transports[name].stop()
