@@ -35,6 +35,7 @@ from fastpaca.pubsub.adapter import PubSubAdapter
 from fastpaca.pubsub.bus import LocalBus
 from fastpaca.pubsub.cluster_adapter import ClusterFanout
 from fastpaca.pubsub.publisher import StreamPublisher
+from fastpaca.pubsub.redis_adapter import RedisFanout
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
 from fastpaca.raft.transport import Transport
@@ -123,7 +124,9 @@ def create_app(
             )
 
         runtime = make_runtime(driver)
-        pubsub = _pubsub(settings, bus, transport, driver, clustered=cluster_config is not None)
+        pubsub = _pubsub(
+            settings, bus, transport, driver, node_id=node_id, clustered=cluster_config is not None
+        )
         if pubsub is None:  # running alone: every group applies here, publish them all
             effects.add_listener(StreamPublisher(bus))
         else:
@@ -156,7 +159,7 @@ def create_app(
         raise
     app.cleanup_ctx.append(_storage_ctx(kv))
     if cluster is None:
-        app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups))
+        app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups, pubsub))
     else:
         app.cleanup_ctx.append(_cluster_ctx(driver, cluster, pubsub))
     return app
@@ -168,10 +171,20 @@ def _pubsub(
     transport: Transport,
     driver: RaftDriver,
     *,
+    node_id: str,
     clustered: bool,
 ) -> PubSubAdapter | None:
-    """The adapter that carries stream events between nodes (over the peer
-    transport); None for a node running alone."""
+    """The adapter that carries stream events between nodes: through Redis,
+    or over the peer transport; None for a node running alone with the
+    cluster adapter (it has no one to tell)."""
+    if settings.pubsub_adapter == "redis":
+        return RedisFanout(
+            bus=bus,
+            node_id=node_id,
+            is_leader=driver.is_leader,
+            host=settings.redis_host,
+            port=settings.redis_port,
+        )
     if not clustered:
         return None
     return ClusterFanout(bus=bus, transport=transport, is_leader=driver.is_leader)
@@ -255,9 +268,15 @@ def _storage_ctx(kv: LevelDBKV) -> Callable[[web.Application], AsyncIterator[Non
 
 
 def _raft_ctx(
-    driver: RaftDriver, transport: Transport, node_id: str, group_count: int
+    driver: RaftDriver,
+    transport: Transport,
+    node_id: str,
+    group_count: int,
+    pubsub: PubSubAdapter | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def raft(app: web.Application) -> AsyncIterator[None]:
+        if pubsub is not None:
+            await pubsub.start()
         await transport.start()
         await driver.start()
         for group_id in range(group_count):
@@ -268,6 +287,8 @@ def _raft_ctx(
         )
         yield
         await driver.stop(transfer_leadership=True)
+        if pubsub is not None:
+            await pubsub.stop()
         await transport.stop()
 
     return raft

@@ -70,16 +70,11 @@ def _config_error(exc: ConfigError) -> int:
 
 def _unavailable_feature(settings: Settings) -> ConfigError | None:
     """A setting asking for a subsystem this build does not have yet. Starting
-    anyway would silently skip what the operator asked for (no archive, no
-    Redis fan-out), so the start is refused like any other bad value."""
+    anyway would silently skip what the operator asked for (no archive), so
+    the start is refused like any other bad value."""
     if settings.archiver_enabled:
         return ConfigError(
             "FASTPACA_ARCHIVER_ENABLED=true: the Postgres archive is not available in this build"
-        )
-    if settings.pubsub_adapter != "cluster":
-        return ConfigError(
-            f"FASTPACA_PUBSUB_ADAPTER={settings.pubsub_adapter}: only 'cluster' is available"
-            " in this build"
         )
     return None
 

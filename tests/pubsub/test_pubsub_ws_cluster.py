@@ -1,6 +1,7 @@
 """End to end across processes: websocket subscribers (Phoenix 2.0.0 frames)
 on every node of a real 3-node ``fastpaca serve`` cluster see the appends
-made through one node, in order, once, with no gap."""
+made through one node, in order, once, with no gap; with the cluster
+adapter and with the Redis one."""
 
 from __future__ import annotations
 
@@ -14,14 +15,20 @@ import orjson
 import pytest
 
 from tests.support.cluster_procs import LocalCluster, message, metric
+from tests.support.redis_server import RedisServer
 
 GROUPS = 4
 COUNT = 60
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path, 3, groups=GROUPS)
+@pytest.fixture(params=["cluster", "redis"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
+    """The same cluster with each adapter (a throwaway redis-server for ``redis``)."""
+    env = {"FASTPACA_PUBSUB_ADAPTER": request.param}
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        env |= {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port)}
+    local = LocalCluster(tmp_path, 3, groups=GROUPS, env=env)
     yield local
     local.stop_all()
 
@@ -104,6 +111,7 @@ async def test_websocket_subscribers_on_every_node(cluster: LocalCluster) -> Non
             await metric(session, url, "fastpaca_pubsub_events_published_total") for url in urls
         ]
     # One node led the group and published to its own socket; the two others
-    # got every event over the peer transport.
+    # got every event over the peer transport or through Redis (the leader
+    # drops its own echo from Redis).
     assert sorted(published) == [0, 0, COUNT], published
     assert sorted(received) == [0, COUNT, COUNT], received

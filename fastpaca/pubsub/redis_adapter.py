@@ -1,0 +1,309 @@
+"""Stream events through Redis pub/sub, so websocket nodes can scale apart.
+
+``FASTPACA_PUBSUB_ADAPTER=redis`` with ``REDIS_HOST``/``REDIS_PORT``.
+
+- **Publishing.** The group leader's apply (see ``cluster_adapter.py`` for
+  why the leader) delivers to this node's subscribers at once and queues the
+  event for Redis on channel ``fastpaca:conversation:{id}``. The leader cannot
+  see other nodes' interest through Redis without a round trip per event, so
+  it publishes every event of the groups it leads; one task drains the queue
+  in pipelined batches, one round trip per batch.
+- **Subscribing.** One Redis connection per node subscribes to the channels
+  of the conversations with a local subscriber (``LocalBus.on_interest``) and
+  hands what arrives to the local bus. A message carries its origin node, so
+  the leader drops its own copy (its subscribers already had the event).
+- **Losing Redis never loses data and never blocks appends.** The apply path
+  only appends to a bounded queue; when Redis is down or slow the oldest
+  queued events are dropped and counted. The subscriber connection is rebuilt
+  with capped backoff and re-subscribes to the current interest. Whatever was
+  lost shows as a hole in the seqs a subscriber receives: the websocket turns
+  it into a ``gap`` push and the client replays from the store.
+
+Message body: ``origin length u16 | origin node id utf-8 | event record``
+(the record is ``wire.event_record``; its conversation id must match the
+channel). A body that does not parse is counted, logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from fastpaca.pubsub import wire
+from fastpaca.pubsub.bus import LocalBus, StreamEvent
+from fastpaca.pubsub.publisher import event_for
+from fastpaca.pubsub.stats import PubSubStats
+from fastpaca.store.effects import Effect
+
+__all__ = ["CHANNEL_PREFIX", "RedisFanout", "channel_of", "decode_message", "encode_message"]
+
+_log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX: Final = b"fastpaca:conversation:"
+QUEUE_EVENTS_MAX = 50_000
+"""Events waiting for Redis; beyond this the oldest are dropped (and counted)."""
+BATCH_EVENTS_MAX = 1_000
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
+_ORIGIN = struct.Struct(">H")
+
+
+def channel_of(conversation_id: str) -> bytes:
+    return CHANNEL_PREFIX + conversation_id.encode()
+
+
+def encode_message(origin: str, event: StreamEvent) -> bytes:
+    raw = origin.encode()
+    return b"".join((_ORIGIN.pack(len(raw)), raw, wire.event_record(event)))
+
+
+def decode_message(channel: bytes, body: bytes) -> tuple[str, StreamEvent]:
+    """(origin node, event) of one Redis message; WireError if malformed."""
+    if len(body) < _ORIGIN.size:
+        raise wire.WireError("truncated origin")
+    (size,) = _ORIGIN.unpack_from(body)
+    end = _ORIGIN.size + size
+    if len(body) < end:
+        raise wire.WireError("origin runs past the end")
+    try:
+        origin = body[_ORIGIN.size : end].decode()
+    except UnicodeDecodeError:
+        raise wire.WireError("origin is not utf-8") from None
+    events = wire.decode_events(bytes((wire.EVENTS,)) + body[end:])
+    if len(events) != 1:
+        raise wire.WireError(f"{len(events)} events in one message")
+    (event,) = events
+    if channel_of(event.conversation_id) != channel:
+        raise wire.WireError("event of another conversation than its channel")
+    return origin, event
+
+
+class RedisFanout:
+    """The Redis adapter; an ``EffectSink`` for the node's ``EffectHub``."""
+
+    def __init__(
+        self,
+        *,
+        bus: LocalBus,
+        node_id: str,
+        is_leader: Callable[[int], bool],
+        host: str,
+        port: int,
+        queue_events_max: int = QUEUE_EVENTS_MAX,
+        command_timeout_s: float = 2.0,
+    ) -> None:
+        self._bus = bus
+        self._node_id = node_id
+        self._is_leader = is_leader
+        self._host = host
+        self._port = port
+        self._queue_events_max = queue_events_max
+        self._command_timeout_s = command_timeout_s
+        self.stats = PubSubStats()
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queued = asyncio.Event()
+        self._interest_changed = asyncio.Event()
+        self._subscribed: set[bytes] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self.connected = asyncio.Event()
+        """Set while the subscriber connection is up and subscribed (tests)."""
+        bus.on_interest(self._on_local_interest)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the publisher and subscriber tasks; never waits for Redis."""
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="pubsub-redis-publish"),
+            asyncio.create_task(self._subscribe_loop(), name="pubsub-redis-subscribe"),
+        ]
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self._queue.clear()
+
+    # --- the apply path -----------------------------------------------------------------
+
+    def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
+        """Called from the Raft driver's apply pass; must not block."""
+        if not self._running or not self._is_leader(group_id):
+            return
+        bus, queue, stats = self._bus, self._queue, self.stats
+        for effect in effects:
+            event = event_for(effect)
+            if bus.has_subscribers(event.conversation_id):
+                bus.publish(event)
+                stats.events_published += 1
+            if len(queue) >= self._queue_events_max:
+                queue.popleft()  # Redis is behind: the oldest event is the one to lose
+                stats.events_dropped += 1
+            queue.append((channel_of(event.conversation_id), encode_message(self._node_id, event)))
+        self._queued.set()
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def _client(self, *, socket_timeout: float | None) -> aioredis.Redis:
+        return aioredis.Redis(
+            host=self._host,
+            port=self._port,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self._command_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # we retry ourselves, and never on the apply path
+        )
+
+    async def _publish_loop(self) -> None:
+        client = self._client(socket_timeout=self._command_timeout_s)
+        backoff_s = BACKOFF_INITIAL_S
+        failing = False
+        try:
+            while True:
+                await self._queued.wait()
+                self._queued.clear()
+                while self._queue:
+                    batch = [
+                        self._queue.popleft()
+                        for _ in range(min(len(self._queue), BATCH_EVENTS_MAX))
+                    ]
+                    try:
+                        async with client.pipeline(transaction=False) as pipe:
+                            for channel, body in batch:
+                                # Buffered in the pipeline, not a coroutine to await.
+                                _ = pipe.publish(channel, body)
+                            await pipe.execute()
+                    except (RedisError, OSError) as exc:
+                        self.stats.events_dropped += len(batch)
+                        if not failing:
+                            _log.warning(
+                                "pubsub: cannot publish to redis at %s:%d: %s",
+                                self._host,
+                                self._port,
+                                exc,
+                                extra={"type": "pubsub.redis_down"},
+                            )
+                        failing = True
+                        await asyncio.sleep(backoff_s)
+                        backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                        continue
+                    if failing:
+                        _log.info(
+                            "pubsub: publishing to redis again", extra={"type": "pubsub.redis_up"}
+                        )
+                    failing, backoff_s = False, BACKOFF_INITIAL_S
+                    self.stats.frames_sent += 1
+                    self.stats.events_forwarded += len(batch)
+        finally:
+            await _close(client)
+
+    # --- subscribing --------------------------------------------------------------------
+
+    def _on_local_interest(self, conversation_id: str, interested: bool) -> None:
+        self.stats.local_interests += 1 if interested else -1
+        self._interest_changed.set()
+
+    async def _subscribe_loop(self) -> None:
+        """Keep one subscribed connection; rebuild it after any failure."""
+        backoff_s = BACKOFF_INITIAL_S
+        client = self._client(socket_timeout=None)  # an idle subscription is not a timeout
+        try:
+            while True:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    # A channel of our own keeps the connection in subscribed
+                    # mode (readable) even while no conversation is watched.
+                    await pubsub.subscribe(b"fastpaca:node:" + self._node_id.encode())
+                    self._subscribed = set()
+                    backoff_s = BACKOFF_INITIAL_S
+                    await self._serve(pubsub)
+                except (RedisError, OSError) as exc:
+                    self.connected.clear()
+                    _log.warning(
+                        "pubsub: redis subscription at %s:%d lost: %s",
+                        self._host,
+                        self._port,
+                        exc,
+                        extra={"type": "pubsub.redis_down"},
+                    )
+                finally:
+                    self.connected.clear()
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        finally:
+            await _close(client)
+
+    async def _serve(self, pubsub: Any) -> None:
+        """Read messages while following local interest, until a failure."""
+        reader = asyncio.create_task(self._read(pubsub))
+        syncer = asyncio.create_task(self._sync(pubsub))
+        try:
+            done, _ = await asyncio.wait((reader, syncer), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise the failure
+        finally:
+            for task in (reader, syncer):
+                task.cancel()
+            await asyncio.gather(reader, syncer, return_exceptions=True)
+
+    async def _sync(self, pubsub: Any) -> None:
+        """Subscribe to exactly the channels of the local interest set."""
+        while True:
+            self._interest_changed.clear()
+            wanted = {channel_of(cid) for cid in self._bus.interests()}
+            added = wanted - self._subscribed
+            removed = self._subscribed - wanted
+            if added:
+                await pubsub.subscribe(*sorted(added))
+            if removed:
+                await pubsub.unsubscribe(*sorted(removed))
+            self._subscribed = wanted
+            self.stats.interest_frames_sent += bool(added) + bool(removed)
+            self.connected.set()
+            await self._interest_changed.wait()
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            self._on_message(message["channel"], message["data"])
+
+    def _on_message(self, channel: bytes, body: bytes) -> None:
+        try:
+            origin, event = decode_message(channel, body)
+        except wire.WireError as exc:
+            self.stats.malformed_frames += 1
+            _log.warning(
+                "pubsub: malformed redis message on %r dropped: %s",
+                channel[:100],
+                exc,
+                extra={"type": "pubsub.malformed_frame"},
+            )
+            return
+        if origin == self._node_id:
+            return  # published by us as leader: our subscribers had it already
+        self.stats.events_received += 1
+        self._bus.publish(event)
+
+
+async def _close(client: aioredis.Redis) -> None:
+    with contextlib.suppress(Exception):
+        await client.aclose()
