@@ -115,3 +115,9 @@ async def test_websocket_subscribers_on_every_node(cluster: LocalCluster) -> Non
     # drops its own echo from Redis).
     assert sorted(published) == [0, 0, COUNT], published
     assert sorted(received) == [0, COUNT, COUNT], received
+    # A graceful stop goes through the adapter's stop as well.
+    for node in cluster.nodes:
+        node.terminate()
+    for node in cluster.nodes:
+        assert node.wait_exit(15) == 0, node.log_text()[-3000:]
+        assert "Traceback" not in node.log_text(), node.log_text()[-3000:]
