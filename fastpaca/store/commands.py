@@ -67,10 +67,13 @@ class AppendMessages:
 
 @dataclass(slots=True, kw_only=True)
 class AckArchived:
-    """Reserved for the archive: messages up to ``upto_seq`` are in Postgres."""
+    """The archive holds every message up to ``upto_seq``. ``tail_keep`` is
+    the proposer's ``FASTPACA_TAIL_KEEP``, carried so every replica trims the
+    same messages whatever its own setting; None trims nothing."""
 
     conversation_id: str
     upto_seq: int
+    tail_keep: int | None = None
 
 
 Command = UpsertConversation | TombstoneConversation | AppendMessages | AckArchived
@@ -104,7 +107,10 @@ def encode_command(command: Command) -> bytes:
         case TombstoneConversation():
             return _frame(b"T", {"c": command.conversation_id, "t": command.now_ms})
         case AckArchived():
-            return _frame(b"K", {"c": command.conversation_id, "s": command.upto_seq})
+            header = {"c": command.conversation_id, "s": command.upto_seq}
+            if command.tail_keep is not None:
+                header["t"] = command.tail_keep
+            return _frame(b"K", header)
 
 
 def decode_command(data: bytes) -> Command:
@@ -162,7 +168,12 @@ def _decode(data: bytes) -> Command:
     if tag == b"T":
         return TombstoneConversation(conversation_id=_str(header["c"]), now_ms=_int(header["t"]))
     if tag == b"K":
-        return AckArchived(conversation_id=_str(header["c"]), upto_seq=_int(header["s"]))
+        keep = header.get("t")
+        return AckArchived(
+            conversation_id=_str(header["c"]),
+            upto_seq=_int(header["s"]),
+            tail_keep=None if keep is None else _int(keep),
+        )
     raise CodecError(f"unknown command tag {tag!r}")
 
 

@@ -292,4 +292,25 @@ def _ack_archived(
     archived = max(state.archived_seq, min(command.upto_seq, state.last_seq))
     if archived != state.archived_seq:
         batch.put(state_key, replace(state, archived_seq=archived).encode())
-    return ArchiveAcked(archived_seq=archived)
+    trimmed = 0
+    if command.tail_keep is not None:
+        trim_upto = min(archived, state.last_seq - command.tail_keep)
+        trimmed = _trim(group_id, command.conversation_id, trim_upto, batch)
+    return ArchiveAcked(archived_seq=archived, trimmed=trimmed)
+
+
+def _trim(group_id: int, conversation_id: str, upto_seq: int, batch: WriteBatch) -> int:
+    """Delete the messages with ``seq <= upto_seq`` not deleted yet; returns
+    how many. The caller guarantees they are archived. Messages have no holes
+    and trimming only ever removes a prefix, so the trimmed watermark says
+    exactly which keys exist: no scan over the deleted range (whose LevelDB
+    tombstones would make every later trim slower)."""
+    watermark_key = keys.trimmed_key(group_id, conversation_id)
+    raw = batch.get(watermark_key)
+    done = 0 if raw is None else int(_U64.unpack(raw)[0])
+    if upto_seq <= done:
+        return 0
+    for seq in range(done + 1, upto_seq + 1):
+        batch.delete(keys.message_key(group_id, conversation_id, seq))
+    batch.put(watermark_key, _U64.pack(upto_seq))
+    return upto_seq - done

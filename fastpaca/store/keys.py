@@ -12,6 +12,7 @@ written as ``len:u16 + utf8`` so one id is never a prefix of another's range.
     s<g> m <len><id> <seq:u64>      message (JSON object bytes, without seq)
     s<g> k <len><id> <key bytes>    idempotency record (state.IdempotencyRecord)
     s<g> i <len><id> <version:u64>  idempotency key written by that append
+    s<g> t <len><id>                messages with seq <= this (u64) were trimmed (archive)
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import struct
 __all__ = [
     "SEQ_MAX",
     "applied_index_key",
+    "conversation_id_of_key",
     "conversation_key",
+    "conversation_range",
     "group_range",
     "idempotency_index_key",
     "idempotency_index_range",
@@ -30,6 +33,7 @@ __all__ = [
     "message_range",
     "metadata_key",
     "seq_of_message_key",
+    "trimmed_key",
 ]
 
 SEQ_MAX = 2**64 - 1
@@ -61,6 +65,21 @@ def _conversation_part(conversation_id: str) -> bytes:
 
 def conversation_key(group_id: int, conversation_id: str) -> bytes:
     return _group_prefix(group_id) + b"c" + _conversation_part(conversation_id)
+
+
+def conversation_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, stop)`` of every conversation-counters key of the group."""
+    prefix = _group_prefix(group_id)
+    return prefix + b"c", prefix + b"d"
+
+
+def conversation_id_of_key(key: bytes) -> str:
+    """The id in a ``conversation_key``."""
+    return key[len(_group_prefix(0)) + 1 + _LEN.size :].decode()
+
+
+def trimmed_key(group_id: int, conversation_id: str) -> bytes:
+    return _group_prefix(group_id) + b"t" + _conversation_part(conversation_id)
 
 
 def metadata_key(group_id: int, conversation_id: str) -> bytes:

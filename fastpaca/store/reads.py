@@ -11,13 +11,14 @@ every append, and a frozen slots dataclass costs ~2.5x as much to build
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastpaca.raft.kv import KVView
 from fastpaca.store import keys
 from fastpaca.store.state import ConversationState
 
-__all__ = ["ConversationView", "StoreReader", "StoredMessage"]
+__all__ = ["ConversationView", "StoreReader", "StoredMessage", "replay_bounds", "tail_bounds"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -32,6 +33,18 @@ class StoredMessage:
     seq: int
     body: bytes
     """JSON object: role, parts, metadata, token_count, inserted_at (no seq)."""
+
+
+def tail_bounds(last_seq: int, *, limit: int, offset: int) -> tuple[int, int]:
+    """``(lo_seq, hi_seq)`` of a tail page, inclusive; empty when ``hi < lo``."""
+    hi_seq = last_seq - offset
+    return max(1, hi_seq - limit + 1), hi_seq
+
+
+def replay_bounds(last_seq: int, *, from_seq: int, limit: int) -> tuple[int, int]:
+    """``(lo_seq, hi_seq)`` of a replay page, inclusive; empty when ``hi < lo``."""
+    lo_seq = max(1, from_seq)
+    return lo_seq, min(last_seq, lo_seq + limit - 1)
 
 
 class StoreReader:
@@ -60,22 +73,29 @@ class StoreReader:
         self, group_id: int, conversation_id: str, last_seq: int, *, limit: int, offset: int
     ) -> list[StoredMessage]:
         """Skip the ``offset`` newest messages, then up to ``limit`` older
-        ones, returned oldest first."""
-        hi_seq = last_seq - offset
-        if hi_seq < 1:
+        ones, returned oldest first. Messages trimmed by the archive are
+        missing from the start of the page (``runtime.py`` reads them back)."""
+        lo_seq, hi_seq = tail_bounds(last_seq, limit=limit, offset=offset)
+        if hi_seq < lo_seq:
             return []
-        lo_seq = max(1, hi_seq - limit + 1)
         return self._range(group_id, conversation_id, lo_seq, hi_seq)
 
     def replay(
         self, group_id: int, conversation_id: str, last_seq: int, *, from_seq: int, limit: int
     ) -> list[StoredMessage]:
-        """Messages with ``seq >= from_seq``, ascending, at most ``limit``."""
-        lo_seq = max(1, from_seq)
-        hi_seq = min(last_seq, lo_seq + limit - 1)
+        """Messages with ``seq >= from_seq``, ascending, at most ``limit``
+        (trimmed ones missing from the start, as for ``tail``)."""
+        lo_seq, hi_seq = replay_bounds(last_seq, from_seq=from_seq, limit=limit)
         if hi_seq < lo_seq:
             return []
         return self._range(group_id, conversation_id, lo_seq, hi_seq)
+
+    def conversation_states(self, group_id: int) -> Iterator[tuple[str, ConversationState]]:
+        """Every conversation of the group with its counters, in key order
+        (the archive's rebuild of what is pending after a leader change)."""
+        start, stop = keys.conversation_range(group_id)
+        for key, value in self._kv.iterate(start, stop):
+            yield keys.conversation_id_of_key(key), ConversationState.decode(value)
 
     def _range(
         self, group_id: int, conversation_id: str, lo_seq: int, hi_seq: int

@@ -57,6 +57,8 @@ class TombstoneApplied:
 @dataclass(slots=True, kw_only=True)
 class ArchiveAcked:
     archived_seq: int
+    trimmed: int = 0
+    """Messages this ack removed from the Raft state (see ``fsm._trim``)."""
 
 
 class RejectReason(enum.Enum):

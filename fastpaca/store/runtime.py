@@ -4,8 +4,10 @@ Owns the path from a validated request to a result: the conversation's group
 (a stable hash), the command carrying every time-dependent decision, the
 proposal through the Raft engine and the translation of the state machine's
 refusals into the domain errors of ``fastpaca/errors.py``. Reads pass a
-linearizable read barrier first, then read LevelDB directly. It knows nothing
-of HTTP and decides nothing the state machine decides.
+linearizable read barrier first, then read LevelDB directly; with the archive
+on, the part of a page the state machine trimmed is read back from it
+(DESIGN section 1). It knows nothing of HTTP and decides nothing the state
+machine decides.
 
 Retries: a proposal the engine refused outright (``NotLeader``,
 ``ProposalDropped``) never entered the log, so it is retried until the request
@@ -46,7 +48,13 @@ from fastpaca.store.commands import (
     encode_command,
 )
 from fastpaca.store.messages import NewMessage, PreparedMessage, build_append
-from fastpaca.store.reads import ConversationView, StoredMessage, StoreReader
+from fastpaca.store.reads import (
+    ConversationView,
+    StoredMessage,
+    StoreReader,
+    replay_bounds,
+    tail_bounds,
+)
 from fastpaca.store.results import (
     AppendApplied,
     ConversationApplied,
@@ -55,7 +63,13 @@ from fastpaca.store.results import (
     TombstoneApplied,
 )
 
-__all__ = ["AppendObserver", "ConversationRuntime", "RaftEngine", "wall_clock_ms"]
+__all__ = [
+    "AppendObserver",
+    "ArchiveReader",
+    "ConversationRuntime",
+    "RaftEngine",
+    "wall_clock_ms",
+]
 
 _RETRY_PAUSE_S = 0.02
 _log = logging.getLogger(__name__)
@@ -73,6 +87,15 @@ class AppendObserver(Protocol):
     """Told about every append this node acknowledged (metrics)."""
 
     def appended(self, messages: Sequence[PreparedMessage]) -> None: ...
+
+
+class ArchiveReader(Protocol):
+    """Where messages trimmed from the Raft state are read back from."""
+
+    async def fetch(self, conversation_id: str, lo_seq: int, hi_seq: int) -> list[StoredMessage]:
+        """Archived messages with ``lo_seq <= seq <= hi_seq``, ascending.
+        Raises ``Unavailable`` when the archive cannot answer."""
+        ...
 
 
 def wall_clock_ms() -> int:
@@ -94,6 +117,7 @@ class ConversationRuntime:
         request_timeout_s: float,
         clock_ms: Callable[[], int] = wall_clock_ms,
         observer: AppendObserver | None = None,
+        archive: ArchiveReader | None = None,
     ) -> None:
         self._engine = engine
         self._reader = reader
@@ -101,6 +125,7 @@ class ConversationRuntime:
         self._timeout_s = request_timeout_s
         self._clock_ms = clock_ms
         self._observer = observer
+        self._archive = archive
 
     def group_of(self, conversation_id: str) -> int:
         return group_for_conversation(conversation_id, self._group_count)
@@ -173,15 +198,50 @@ class ConversationRuntime:
 
     async def tail(self, conversation_id: str, *, limit: int, offset: int) -> list[StoredMessage]:
         group_id, last_seq = await self._last_seq(conversation_id)
-        return self._reader.tail(group_id, conversation_id, last_seq, limit=limit, offset=offset)
+        page = self._reader.tail(group_id, conversation_id, last_seq, limit=limit, offset=offset)
+        if self._archive is None:
+            return page
+        lo_seq, hi_seq = tail_bounds(last_seq, limit=limit, offset=offset)
+        return await self._read_through(conversation_id, page, lo_seq, hi_seq)
 
     async def replay(
         self, conversation_id: str, *, from_seq: int, limit: int
     ) -> list[StoredMessage]:
         group_id, last_seq = await self._last_seq(conversation_id)
-        return self._reader.replay(
+        page = self._reader.replay(
             group_id, conversation_id, last_seq, from_seq=from_seq, limit=limit
         )
+        if self._archive is None:
+            return page
+        lo_seq, hi_seq = replay_bounds(last_seq, from_seq=from_seq, limit=limit)
+        return await self._read_through(conversation_id, page, lo_seq, hi_seq)
+
+    async def _read_through(
+        self, conversation_id: str, page: list[StoredMessage], lo_seq: int, hi_seq: int
+    ) -> list[StoredMessage]:
+        """``page`` completed with the archived messages it lacks at its start.
+
+        Trimming removes a prefix and only below ``archived_seq``, so what
+        LevelDB lacks of ``[lo_seq, hi_seq]`` is exactly ``[lo_seq, first
+        local seq)``, and the archive held it before it was trimmed. A page
+        that LevelDB answers whole costs nothing extra."""
+        assert self._archive is not None
+        first_local = page[0].seq if page else hi_seq + 1
+        if first_local <= lo_seq:
+            return page
+        older = await self._archive.fetch(conversation_id, lo_seq, first_local - 1)
+        expected = first_local - lo_seq
+        if len(older) != expected or (older and older[0].seq != lo_seq):
+            _log.error(
+                "archive is missing trimmed messages",
+                extra={"type": "archive.missing_rows", "conversation_id": conversation_id,
+                       "seq": lo_seq, "expected": expected, "found": len(older)},
+            )  # fmt: skip
+            raise Unavailable(
+                f"messages {lo_seq}..{first_local - 1} of {conversation_id!r} were trimmed "
+                "and the archive does not return them"
+            )
+        return older + page
 
     async def _last_seq(self, conversation_id: str) -> tuple[int, int]:
         """The conversation's group and last seq, after the read barrier
