@@ -24,6 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fastpaca.archive.archiver import Archiver, DriverLeadership
+from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, check_database_url
 from fastpaca.cluster.node import ClusterNode
 from fastpaca.cluster.setup import ClusterSettings, cluster_settings
 from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
@@ -49,7 +51,7 @@ from fastpaca.web.openapi import openapi_json
 from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
 from fastpaca.web.server import IN_FLIGHT_KEY, build_web_app
 
-__all__ = ["BUS_KEY", "NODE_KEY", "Node", "create_app", "serve"]
+__all__ = ["ARCHIVER_KEY", "BUS_KEY", "NODE_KEY", "Node", "create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class Node:
 NODE_KEY = web.AppKey("node", Node)
 BUS_KEY = web.AppKey("bus", LocalBus)
 """This node's stream subscribers (``pubsub/bus.py``); the websocket handler reads it."""
+ARCHIVER_KEY = web.AppKey("archiver", Archiver)
+"""The Postgres archiver; present only when ``FASTPACA_ARCHIVER_ENABLED=true``."""
 
 
 def create_app(
@@ -89,8 +93,9 @@ def create_app(
     driver_config: DriverConfig | None = None,
 ) -> web.Application:
     """The node's application; nothing runs until aiohttp starts it. Raises
-    ``ConfigError`` when the data directory cannot be used."""
+    ``ConfigError`` when the data directory or the archive's URL cannot be used."""
     cluster_config = cluster_settings(settings)
+    archive_store = _archive_store(settings)  # None when the archive is off
     data_dir = _prepare_data_dir(settings.raft_data_dir)
     if cluster_config is not None:  # the node id is our CLUSTER_NODES / DNS name
         settings = settings.model_copy(update={"node_name": cluster_config.me.node_id})
@@ -121,9 +126,14 @@ def create_app(
                 request_timeout_s=settings.request_timeout_ms / 1000,
                 clock_ms=clock_ms,
                 observer=metrics,
+                archive=archive_store,
             )
 
         runtime = make_runtime(driver)
+        archiver = None
+        if archive_store is not None:
+            archiver = _archiver(settings, archive_store, kv, driver, metrics)
+            effects.add_listener(archiver.on_effects)
         pubsub = _pubsub(
             settings, bus, transport, driver, node_id=node_id, clustered=cluster_config is not None
         )
@@ -149,6 +159,8 @@ def create_app(
         app[READINESS_KEY] = readiness
         app[OPENAPI_KEY] = openapi_json()
         app[BUS_KEY] = bus
+        if archiver is not None:
+            app[ARCHIVER_KEY] = archiver
         app[NODE_KEY] = Node(
             node_id, kv, driver, runtime, effects, readiness, metrics, bus, cluster, pubsub
         )
@@ -162,7 +174,71 @@ def create_app(
         app.cleanup_ctx.append(_raft_ctx(driver, transport, node_id, settings.raft_groups, pubsub))
     else:
         app.cleanup_ctx.append(_cluster_ctx(driver, cluster, pubsub))
+    if archive_store is not None and archiver is not None:  # after Raft: it stops first
+        app.cleanup_ctx.append(_archive_ctx(archive_store, archiver))
     return app
+
+
+# --- archive (DESIGN section 4) ----------------------------------------------------------
+
+ARCHIVE_START_MIGRATE_TIMEOUT_S = 5.0
+"""How long the start waits for the schema before serving anyway; the
+archiver keeps retrying it (Postgres down never stops a node)."""
+
+
+def _archive_store(settings: Settings) -> PostgresArchive | None:
+    """The archive's connection pool when the archive is on (nothing connects
+    yet). Raises ``ConfigError`` for a missing or malformed URL."""
+    if not settings.archiver_enabled:
+        return None
+    variable = "DATABASE_URL" if settings.database_url is not None else "FASTPACA_POSTGRES_URL"
+    url = check_database_url(settings.archive_database_url, variable=variable)
+    return PostgresArchive(
+        url,
+        pool_size=settings.db_pool_size,
+        statement_timeout_s=max(settings.request_timeout_ms / 1000, 1.0),
+    )
+
+
+def _archiver(
+    settings: Settings, store: PostgresArchive, kv: LevelDBKV, driver: RaftDriver, metrics: Metrics
+) -> Archiver:
+    return Archiver(
+        store=store,
+        reader=StoreReader(kv),
+        engine=driver,
+        leadership=DriverLeadership(driver),
+        metrics=metrics,
+        flush_interval_s=settings.archive_flush_interval_ms / 1000,
+        batch_size=settings.archive_batch_size,
+        tail_keep=settings.tail_keep,
+        propose_timeout_s=settings.request_timeout_ms / 1000,
+    )
+
+
+def _archive_ctx(
+    store: PostgresArchive, archiver: Archiver
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open the pool, try the migration once (bounded), run the flush loop."""
+
+    async def archive(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            async with asyncio.timeout(ARCHIVE_START_MIGRATE_TIMEOUT_S):
+                await archiver.ensure_schema()
+        except (TimeoutError, ArchiveUnavailable) as exc:
+            _log.warning(
+                "archive schema not created at start; retrying at every flush",
+                extra={"type": "archive.unreachable", "error": str(exc) or type(exc).__name__},
+            )
+        loop_task = asyncio.create_task(archiver.run(), name="archiver")
+        yield
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await store.close()
+
+    return archive
 
 
 def _pubsub(

@@ -134,8 +134,34 @@ def _healthcheck(settings: Settings) -> int:
 
 
 def _migrate(settings: Settings) -> int:
-    if not settings.archiver_enabled:
-        print("archive not enabled (FASTPACA_ARCHIVER_ENABLED=false): nothing to migrate")
+    """Create the archive schema (idempotent). Runs whenever a database URL
+    is set, so the schema can be made before the archive is switched on."""
+    from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, check_database_url
+
+    url = settings.archive_database_url
+    if url is None and not settings.archiver_enabled:
+        print(
+            "archive not enabled (FASTPACA_ARCHIVER_ENABLED=false, no DATABASE_URL): nothing to migrate"
+        )
         return EXIT_OK
-    print("fastpaca: the Postgres archive is not available in this build", file=sys.stderr)
-    return EXIT_FAILURE
+    variable = "DATABASE_URL" if settings.database_url is not None else "FASTPACA_POSTGRES_URL"
+    try:
+        url = check_database_url(url, variable=variable)
+    except ConfigError as exc:
+        return _config_error(exc)
+
+    async def migrate() -> None:
+        store = PostgresArchive(url, pool_size=1)
+        await store.open()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(migrate())
+    except ArchiveUnavailable as exc:
+        print(f"fastpaca: migrate failed: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    print("archive schema ready (table messages)")
+    return EXIT_OK

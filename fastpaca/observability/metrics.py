@@ -9,6 +9,7 @@ stats at scrape time. It serves nothing itself: ``web/rest.py`` renders
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,13 +25,15 @@ if TYPE_CHECKING:  # the cluster package imports the app's pieces; avoid a cycle
     from fastpaca.cluster.node import ClusterNumbers
     from fastpaca.web.socket import StreamStats
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["ARCHIVE_LAG_SERIES_MAX", "CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _TOKEN_BUCKETS = (0, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 _FLUSH_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+ARCHIVE_LAG_SERIES_MAX = 20
+"""Conversations with a ``fastpaca_archive_lag`` series: the most lagging ones."""
 
 
 class Metrics:
@@ -66,19 +69,22 @@ class Metrics:
         self._define_archive_series()
 
     def _define_archive_series(self) -> None:
-        # DESIGN section 6 archive series; recorded by the archiver when it runs.
+        # DESIGN section 6 archive series, recorded by ``archive/archiver.py``
+        # (they stay at zero while the archive is off).
         registry = self.registry
         self.archive_pending_rows = Gauge(
-            "fastpaca_archive_pending_rows", "Messages not yet archived.", registry=registry
+            "fastpaca_archive_pending_rows",
+            "Messages of the groups this node leads not yet archived (at the last flush).",
+            registry=registry,
         )
         self.archive_pending_conversations = Gauge(
             "fastpaca_archive_pending_conversations",
-            "Conversations with messages not yet archived.",
+            "Conversations of the groups this node leads with messages not yet archived.",
             registry=registry,
         )
         self.archive_flush_duration_ms = Histogram(
             "fastpaca_archive_flush_duration_ms",
-            "Duration of one archive flush in milliseconds.",
+            "Duration of one archive flush that had messages to copy, in milliseconds.",
             buckets=_FLUSH_BUCKETS_MS,
             registry=registry,
         )
@@ -86,7 +92,9 @@ class Metrics:
             "fastpaca_archive_attempted", "Rows the archiver tried to insert.", registry=registry
         )
         self.archive_inserted = Counter(
-            "fastpaca_archive_inserted", "Rows the archiver inserted.", registry=registry
+            "fastpaca_archive_inserted",
+            "Rows the archiver inserted (rows already archived are not counted).",
+            registry=registry,
         )
         self.archive_bytes_attempted = Counter(
             "fastpaca_archive_bytes_attempted", "Bytes the archiver tried to insert.",
@@ -97,17 +105,33 @@ class Metrics:
         )
         self.archive_lag = Gauge(
             "fastpaca_archive_lag",
-            "Messages of a conversation not yet archived.",
+            f"Messages not yet archived, for the {ARCHIVE_LAG_SERIES_MAX} conversations of "
+            "this node's groups that lag most (other conversations have no series).",
             ["conversation_id"],
             registry=registry,
         )
         self.archive_tail_size = Gauge(
-            "fastpaca_archive_tail_size", "Messages kept in Raft per conversation (FASTPACA_TAIL_KEEP).",
+            "fastpaca_archive_tail_size",
+            "Largest number of messages still in Raft state among the conversations "
+            "archived in the last flush (FASTPACA_TAIL_KEEP plus what is not archived).",
             registry=registry,
-        )  # fmt: skip
-        self.archive_trimmed = Counter(
-            "fastpaca_archive_trimmed", "Messages trimmed from Raft state.", registry=registry
         )
+        self.archive_trimmed = Counter(
+            "fastpaca_archive_trimmed",
+            "Messages trimmed from Raft state by archive acks this node proposed.",
+            registry=registry,
+        )
+
+    def archive_pending(self, lags: Sequence[tuple[int, str]]) -> None:
+        """Set the pending series from ``(lag, conversation_id)`` of every
+        conversation with unarchived messages. Only the ``ARCHIVE_LAG_SERIES_MAX``
+        largest get a ``fastpaca_archive_lag`` series, so the label set stays
+        bounded however many conversations lag."""
+        self.archive_pending_rows.set(sum(lag for lag, _ in lags))
+        self.archive_pending_conversations.set(len(lags))
+        self.archive_lag.clear()
+        for lag, conversation_id in heapq.nlargest(ARCHIVE_LAG_SERIES_MAX, lags):
+            self.archive_lag.labels(conversation_id).set(lag)
 
     def appended(self, messages: Sequence[PreparedMessage], *, source: str = "http") -> None:
         children = self._appended_children
