@@ -212,6 +212,11 @@ class _RaftCollector(Collector):
             "fastpaca_raft_proposals", "Proposals made on this node.", value=stats.proposals
         )
         yield CounterMetricFamily(
+            "fastpaca_raft_iterations",
+            "Driver iterations (one LevelDB batch each, synced or not).",
+            value=stats.iterations,
+        )
+        yield CounterMetricFamily(
             "fastpaca_raft_synced_writes", "fsync'd LevelDB batch writes.",
             value=stats.synced_writes,
         )  # fmt: skip
@@ -368,6 +373,8 @@ class _ClusterCollector(Collector):
 def _transport_families(numbers: ClusterNumbers) -> Iterator[CounterMetricFamily]:
     stats = numbers.transport
     per_peer = {
+        "frames_sent": "Websocket messages sent to the peer (each packs one or more payloads).",
+        "frames_received": "Websocket messages received from the peer.",
         "messages_sent": "Payloads sent to the peer.",
         "bytes_sent": "Payload bytes sent to the peer.",
         "messages_received": "Payloads received from the peer.",
