@@ -21,7 +21,11 @@ SOAK_SIM_SEEDS ?= 5000
 # for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
 # tests. Installed only when missing; tests start their own throwaway
 # instances on free loopback ports and never use the machine's services.
-SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server systemd-analyze:systemd
+# PostgreSQL's server binaries (initdb, postgres) live off PATH under
+# /usr/lib/postgresql/<version>/bin, so its entry checks pg_ctlcluster, which
+# the same package set installs on PATH.
+SYSTEM_DEPS := dnsmasq:dnsmasq-base redis-server:redis-server systemd-analyze:systemd \
+               pg_ctlcluster:postgresql
 # Node and npm run the official Phoenix JS client against a node (tests/stream).
 JS_DEPS     := node:nodejs npm:npm
 JS_DIR      := tests/stream/js

@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fastpaca.archive.archiver import Archiver, DriverLeadership
-from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, check_database_url
+from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, archive_url
 from fastpaca.cluster.node import ClusterNode
 from fastpaca.cluster.setup import ClusterSettings, cluster_settings
 from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
@@ -191,10 +191,8 @@ def _archive_store(settings: Settings) -> PostgresArchive | None:
     yet). Raises ``ConfigError`` for a missing or malformed URL."""
     if not settings.archiver_enabled:
         return None
-    variable = "DATABASE_URL" if settings.database_url is not None else "FASTPACA_POSTGRES_URL"
-    url = check_database_url(settings.archive_database_url, variable=variable)
     return PostgresArchive(
-        url,
+        archive_url(settings),
         pool_size=settings.db_pool_size,
         statement_timeout_s=max(settings.request_timeout_ms / 1000, 1.0),
     )

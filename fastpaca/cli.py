@@ -68,23 +68,9 @@ def _config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def _unavailable_feature(settings: Settings) -> ConfigError | None:
-    """A setting asking for a subsystem this build does not have yet. Starting
-    anyway would silently skip what the operator asked for (no archive), so
-    the start is refused like any other bad value."""
-    if settings.archiver_enabled:
-        return ConfigError(
-            "FASTPACA_ARCHIVER_ENABLED=true: the Postgres archive is not available in this build"
-        )
-    return None
-
-
 def _serve(settings: Settings) -> int:
     from fastpaca.app import serve  # the server's imports are not needed by other commands
 
-    unavailable = _unavailable_feature(settings)
-    if unavailable is not None:
-        return _config_error(unavailable)
     configure_logging(settings.log_level)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -136,17 +122,15 @@ def _healthcheck(settings: Settings) -> int:
 def _migrate(settings: Settings) -> int:
     """Create the archive schema (idempotent). Runs whenever a database URL
     is set, so the schema can be made before the archive is switched on."""
-    from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, check_database_url
+    from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, archive_url
 
-    url = settings.archive_database_url
-    if url is None and not settings.archiver_enabled:
+    if settings.archive_database_url is None and not settings.archiver_enabled:
         print(
             "archive not enabled (FASTPACA_ARCHIVER_ENABLED=false, no DATABASE_URL): nothing to migrate"
         )
         return EXIT_OK
-    variable = "DATABASE_URL" if settings.database_url is not None else "FASTPACA_POSTGRES_URL"
     try:
-        url = check_database_url(url, variable=variable)
+        url = archive_url(settings)
     except ConfigError as exc:
         return _config_error(exc)
 

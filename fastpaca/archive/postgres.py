@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from fastpaca.config import Settings
 from fastpaca.errors import ConfigError, FastpacaError, Unavailable
 from fastpaca.store.messages import NewMessage, prepare_messages
 from fastpaca.store.reads import StoredMessage
@@ -37,6 +38,7 @@ __all__ = [
     "ArchiveRow",
     "ArchiveUnavailable",
     "PostgresArchive",
+    "archive_url",
     "check_database_url",
     "row_from_stored",
     "stored_from_record",
@@ -115,6 +117,17 @@ def check_database_url(url: str | None, *, variable: str = "DATABASE_URL") -> st
             f"{variable}: invalid value: expected postgresql://user:password@host:port/database"
         )
     return url
+
+
+def archive_url(settings: Settings) -> str:
+    """The archive's URL from ``DATABASE_URL`` (preferred) or
+    ``FASTPACA_POSTGRES_URL``, checked; ``ConfigError`` naming the one used."""
+    variable = (
+        "FASTPACA_POSTGRES_URL"
+        if settings.database_url is None and settings.postgres_url is not None
+        else "DATABASE_URL"
+    )
+    return check_database_url(settings.archive_database_url, variable=variable)
 
 
 @dataclass(slots=True, kw_only=True)

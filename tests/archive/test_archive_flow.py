@@ -87,7 +87,7 @@ async def test_trimming_keeps_tail_keep_newest_and_reads_return_the_same_bytes(
     await plain.create("b")
     for batch in (["m1"], ["m2", "m3", "m4"], ["m5"], ["m6", "m7"], ["m8", "m9", "m10", "m11"]):
         await plain.append("a", *(text_message(text, metadata={"i": text}) for text in batch))
-    await plain.append("b", *(text_message(f"b{i}") for i in range(5)))
+    await plain.append("b", *(_rich_message(i) for i in range(5)))
     paths = _page_paths("a", 11) + _page_paths("b", 5)
     before = await _capture(plain, paths)
     await plain.close()
@@ -113,6 +113,22 @@ async def test_trimming_keeps_tail_keep_newest_and_reads_return_the_same_bytes(
     assert [m["seq"] for m in full["messages"]] == list(range(1, 14))
     old_part = orjson.loads(before["/v1/conversations/a/messages?from=0&limit=12"])["messages"]
     assert full["messages"][:11] == old_part
+
+
+def _rich_message(index: int) -> dict[str, Any]:
+    """JSON a Postgres ``jsonb`` round trip could alter: key order, nesting,
+    escapes, non-ASCII, floats, big integers, nulls, empty containers."""
+    return {
+        "role": ["user", "assistant", "tool"][index % 3],
+        "parts": [
+            {"type": "text", "text": f"b{index} é ☃ 🙂 \"q\" \\ \n\t </>"},
+            {"type": "tool_call", "name": "lookup",
+             "payload": {"z": 1, "a": [0.1, -2.5, 1e-7, 3.0, 1e300, 2**63, None, True, False],
+                         "m": {"": "", "nested": {"k": []}, "e": {}}}},
+        ],
+        "metadata": {"zeta": index, "alpha": {"b": "x", "a": "y"}, "unicode_key_é": "v"},
+        **({"token_count": index * 1000} if index % 2 else {}),
+    }  # fmt: skip
 
 
 async def _trimmed_to(node: ArchiveNode, expected: dict[str, list[int]]) -> bool:
