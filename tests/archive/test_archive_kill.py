@@ -95,5 +95,8 @@ async def test_kill_9_mid_archive_loses_nothing_from_the_archive(
                 assert [m["seq"] for m in whole] == list(range(1, last_seq + 1))
                 for row, shown in zip(rows, whole, strict=True):
                     assert orjson.loads(row["parts"]) == shown["parts"]
+        node.terminate()  # SIGTERM with the archiver running: a clean exit
+        assert node.wait_exit(10) == 0
+        assert "Traceback" not in node.log_text()
     finally:
         node.kill()
