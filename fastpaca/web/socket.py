@@ -294,7 +294,11 @@ class StreamSocket:
             self._join(frame)
         elif frame.event == "phx_leave":
             channel = self._channels.get(frame.topic)
-            if channel is not None:
+            # Only the instance the leave names: the JS client also sends
+            # leaves for channel objects a newer join replaced (as Phoenix,
+            # a stale join_ref leaves the current channel alone; v1 clients
+            # send none).
+            if channel is not None and frame.join_ref in (None, channel.join_ref):
                 channel.close()
             # ok even when not joined: the JS client only forgets a channel on ok.
             self.reply(frame, "ok", _OK_EMPTY)
