@@ -538,7 +538,9 @@ class Channel:
     async def _catch_up(self, last_seq: int) -> None:
         socket = self.socket
         replay_page = socket.limits.replay_page
-        next_seq = last_seq + 1 if self.from_seq is None else self.from_seq
+        # Seqs start at 1: from_seq 0 must not leave ``expected`` at 0 when
+        # nothing is replayed (the first live message would become a gap).
+        next_seq = last_seq + 1 if self.from_seq is None else max(1, self.from_seq)
         must_read = self.from_seq is not None and self.from_seq <= last_seq
         while True:
             if must_read:
