@@ -4,6 +4,7 @@
 #   make lint   ruff + mypy
 #   make bench  benchmarks (print throughput / latency / memory figures)
 #   make soak   long simulation and fault runs
+#   make package  build the one-file binary dist/fastpaca and smoke-test it
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIM_SEEDS ?= 200
 SOAK_SIM_SEEDS ?= 5000
 
-.PHONY: run test lint bench soak install clean system-deps bench-deps js-deps
+.PHONY: run test lint bench soak install clean system-deps bench-deps js-deps package
 
 # Programs the tests run outside Python, from Debian's packages: a DNS server
 # for discovery tests, redis-server and PostgreSQL for the pub/sub and archive
@@ -90,6 +91,15 @@ bench: install bench-deps
 soak: install system-deps
 	FASTPACA_SIM_SEED_BASE=100000 $(PY) -m pytest -q -p no:cacheprovider --sim-seeds=$(SOAK_SIM_SEEDS) tests/sim
 	$(PY) bench/cluster_soak.py --cycles 100
+
+# The one-file binary (PyInstaller) and its smoke test: the binary, started
+# from an empty dir with no Python around it, serves the API, the stream, the
+# Redis adapter, the archive's failure path and a 3-node cluster. Not part of
+# `make test`: it builds for about a minute. The smoke test needs redis-server.
+package: | $(VENV)/bin/python
+	$(call apt_ensure,redis-server:redis-server)
+	VENV=$(VENV) bash packaging/build.sh
+	$(PY) packaging/smoke.py dist/fastpaca
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules
