@@ -21,7 +21,8 @@
 
 Message body: ``origin length u16 | origin node id utf-8 | event record``
 (the record is ``wire.event_record``; its conversation id must match the
-channel). A body that does not parse is counted, logged and dropped.
+channel; its payload must be a JSON object). A body that does not parse
+is counted, logged and dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -85,6 +87,15 @@ def decode_message(channel: bytes, body: bytes) -> tuple[str, StreamEvent]:
     (event,) = events
     if channel_of(event.conversation_id) != channel:
         raise wire.WireError("event of another conversation than its channel")
+    # The payload is spliced unparsed into websocket frames, and anything that
+    # can publish to this Redis reaches these channels: a payload that is not
+    # a JSON object would break every subscribed client's frame parsing.
+    try:
+        is_object = isinstance(orjson.loads(event.payload), dict)
+    except orjson.JSONDecodeError:
+        is_object = False
+    if not is_object:
+        raise wire.WireError("event payload is not a JSON object")
     return origin, event
 
 
