@@ -52,6 +52,10 @@ _log = logging.getLogger(__name__)
 SCAN_YIELD_EVERY = 2_000
 """Conversations read between two yields to the event loop while rebuilding
 the pending set of a newly led group, so a large group does not stall requests."""
+COLLECT_YIELD_EVERY = 500
+"""Conversation states read from LevelDB between two yields while collecting
+what is pending (twice per flush, over every dirty conversation): a backlog of
+many conversations must not hold the event loop for the whole pass."""
 
 
 class Leadership(Protocol):
@@ -159,7 +163,7 @@ class Archiver:
         """Archive what is pending now; the lag series are updated even when
         Postgres is down. Raises ``ArchiveUnavailable``."""
         await self._refresh_leadership()
-        pending = self._collect_pending()
+        pending = await self._collect_pending()
         if not pending:
             return
         started = time.perf_counter()
@@ -167,9 +171,11 @@ class Archiver:
             await self.ensure_schema()
             await self._archive(pending)
         finally:
-            self._collect_pending()
             duration_ms = (time.perf_counter() - started) * 1000
             self._metrics.archive_flush_duration_ms.observe(duration_ms)
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # stopping: no second pass
+                await self._collect_pending()
 
     # --- what is pending ----------------------------------------------------------------
 
@@ -200,14 +206,23 @@ class Archiver:
                 await asyncio.sleep(0)
         return found
 
-    def _collect_pending(self) -> list[_Pending]:
+    async def _collect_pending(self) -> list[_Pending]:
         """What the led groups still have to archive, oldest backlog first;
-        forgets conversations that are done and updates the pending series."""
+        forgets conversations that are done and updates the pending series.
+        Yields to the event loop every ``COLLECT_YIELD_EVERY`` reads."""
         pending: list[_Pending] = []
         lags: list[tuple[int, str]] = []
+        reads = 0
         for group_id in sorted(self._dirty):
-            dirty = self._dirty[group_id]
+            dirty = self._dirty.get(group_id)
+            if dirty is None:  # dropped while we yielded
+                continue
             for conversation_id in sorted(dirty):
+                reads += 1
+                if reads % COLLECT_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                # The read and the discard below happen with no yield between
+                # them: an append applied meanwhile cannot be forgotten.
                 state = self._reader.state(group_id, conversation_id)
                 if state is None or state.last_seq <= state.archived_seq:
                     dirty.discard(conversation_id)
