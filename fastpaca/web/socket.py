@@ -504,6 +504,13 @@ class Channel:
         except FastpacaError as exc:  # no leader / quorum in time: the client retries
             self._refuse("unavailable", str(exc))
             return
+        except Exception:  # a bug: answer it, never leave the join hanging
+            _log.exception(
+                "stream join crashed",
+                extra={"type": "stream.join_crash", "conversation_id": self.conversation_id},
+            )
+            self._refuse("internal", "Internal error while joining")
+            return
         state = view.state
         response = b'{"last_seq":%d,"version":%d,"tombstoned":%b}' % (
             state.last_seq,
