@@ -98,6 +98,11 @@ class StreamLimits:
     catch_up_buffer_bytes: int = 4 << 20
     """Live events held while a join replays; beyond it they are re-read instead."""
     replay_page: int = 200
+    """Most messages read per replay page."""
+    replay_page_bytes: int = 1 << 20
+    """Replay pages are sized to about this many bytes of messages (see ``_catch_up``)."""
+    replay_first_page: int = 16
+    """Messages in a replay's first page, before their size is known."""
     max_channels: int = 100
     max_frame_bytes: int = 64 * 1024
     idle_timeout_s: float = 60.0
@@ -116,6 +121,8 @@ class StreamStats:
     dropped: int = 0
     """Live events dropped because a socket's send queue was full."""
     bad_frames: int = 0
+    queued_bytes_peak: int = 0
+    """The most bytes any one socket of this node had queued at once."""
 
 
 class StreamSockets:
@@ -352,11 +359,11 @@ class StreamSocket:
     def send_control(self, frame: bytes) -> None:
         """Queue a frame that must not be dropped (replies, tombstones)."""
         self._enqueue(frame)
-        if self.queued_bytes > self.limits.send_queue_hard_bytes:
-            self.abort(WSCloseCode.POLICY_VIOLATION, "send queue overflow: read your socket")
+        self._check_hard_limit()
 
     def send_event(self, frame: bytes) -> None:
-        """Queue a live push; the caller checked ``has_room``."""
+        """Queue a push; the caller checked ``has_room`` or waited for it
+        (a gap, a few dozen bytes, is sent regardless)."""
         self._enqueue(frame)
 
     async def wait_room(self) -> None:
@@ -369,13 +376,24 @@ class StreamSocket:
 
     def _enqueue(self, frame: bytes) -> None:
         self._queue.append(frame)
-        self.queued_bytes += len(frame)
+        self._account(len(frame))
+
+    def _account(self, size: int) -> None:
+        self.queued_bytes += size
+        if self.queued_bytes > self.stats.queued_bytes_peak:
+            self.stats.queued_bytes_peak = self.queued_bytes
         self._has_frames.set()
+
+    def _check_hard_limit(self) -> None:
+        if self.queued_bytes > self.limits.send_queue_hard_bytes:
+            self.abort(WSCloseCode.POLICY_VIOLATION, "send queue overflow: read your socket")
 
     async def _write_loop(self) -> None:
         queue, ws = self._queue, self.ws
         while True:
-            if not queue:
+            if queue:
+                frame = queue.popleft()
+            else:
                 if self._lossy:  # drained: now the dropped events can be reported
                     for channel in tuple(self._lossy):
                         channel.push_owed_gap()
@@ -384,7 +402,6 @@ class StreamSocket:
                 self._has_frames.clear()
                 await self._has_frames.wait()
                 continue
-            frame = queue.popleft()
             self.queued_bytes -= len(frame)
             if self.queued_bytes < self.limits.send_queue_bytes:
                 self._has_room.set()
@@ -544,23 +561,33 @@ class Channel:
 
     async def _catch_up(self, last_seq: int) -> None:
         socket = self.socket
-        replay_page = socket.limits.replay_page
+        limits = socket.limits
+        # Pages are sized in bytes from what the previous page weighed, so a
+        # page of large messages holds about replay_page_bytes in memory;
+        # each message then waits for room in the send queue (never dropped),
+        # so the queue passes send_queue_bytes by at most one message.
+        limit = max(1, min(limits.replay_page, limits.replay_first_page))
         # Seqs start at 1: from_seq 0 must not leave ``expected`` at 0 when
         # nothing is replayed (the first live message would become a gap).
         next_seq = last_seq + 1 if self.from_seq is None else max(1, self.from_seq)
         must_read = self.from_seq is not None and self.from_seq <= last_seq
         while True:
             if must_read:
-                await socket.wait_room()  # replay waits for the client, never drops
+                await socket.wait_room()
                 page = await socket.service.replay(
-                    self.conversation_id, from_seq=next_seq, limit=replay_page
+                    self.conversation_id, from_seq=next_seq, limit=limit
                 )
+                page_bytes = 0
                 for message in page:
+                    page_bytes += len(message.body)
                     if message.seq >= next_seq:
+                        await socket.wait_room()
                         socket.send_event(self._push("message", _message_payload(message)))
                         next_seq = message.seq + 1
                 socket.stats.pushes["replay"] += len(page)
-                if len(page) == replay_page:
+                if len(page) == limit:
+                    per_message = max(1, page_bytes // len(page))
+                    limit = max(1, min(limits.replay_page, limits.replay_page_bytes // per_message))
                     continue
             await socket.wait_room()
             if self._buffer_overflowed:  # what was thrown away is in the store: read it

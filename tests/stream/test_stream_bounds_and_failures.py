@@ -9,11 +9,65 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from phoenix_client import PhoenixClient
-from test_stream_channels import TOPIC, append, create
+from test_stream_channels import TOPIC, append, collect_through, create, seqs
 
 from fastpaca.app import BUS_KEY, RUNTIME_KEY
+from fastpaca.web.socket import STREAMS_KEY, StreamLimits
 
 Connect = Callable[..., Any]
+
+
+async def append_padded(node: TestClient, count: int, pad: int, per_request: int) -> None:
+    """``count`` messages of about ``pad`` bytes each, ``per_request`` per batch."""
+    for start in range(0, count, per_request):
+        body = {
+            "messages": [
+                {"role": "user", "parts": [{"type": "text", "text": f"{i}:" + "x" * pad}]}
+                for i in range(start, min(count, start + per_request))
+            ]
+        }
+        response = await node.post("/v1/conversations/c1/messages", json=body)
+        assert response.status == 201, await response.text()
+
+
+async def test_replay_of_large_messages_stays_within_the_send_queue_bound(
+    node: TestClient, connect: Connect
+) -> None:
+    await create(node)
+    await append_padded(node, 40, 30_000, per_request=20)  # 1.2 MB to replay
+    soft = 64 * 1024
+    streams = node.app[STREAMS_KEY]
+    streams.limits = StreamLimits(send_queue_bytes=soft, send_queue_hard_bytes=64 << 20)
+    client: PhoenixClient = await connect()
+    _, reply = await client.join(TOPIC, {"from_seq": 1})
+    assert reply.payload["status"] == "ok"
+    frames = await collect_through(client, 40)
+    assert seqs(frames) == list(range(1, 41))
+    # Past the soft bound by at most one message (and a reply or two).
+    assert streams.stats.queued_bytes_peak <= soft + 32_000, streams.stats.queued_bytes_peak
+
+
+async def test_replay_pages_are_sized_in_bytes(
+    node: TestClient, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(node)
+    await append_padded(node, 30, 20_000, per_request=30)
+    streams = node.app[STREAMS_KEY]
+    streams.limits = StreamLimits(replay_page_bytes=50_000, replay_first_page=4)
+    runtime = node.app[RUNTIME_KEY]
+    real_replay = runtime.replay
+    limits: list[int] = []
+
+    async def recording_replay(conversation_id: str, *, from_seq: int, limit: int) -> Any:
+        limits.append(limit)
+        return await real_replay(conversation_id, from_seq=from_seq, limit=limit)
+
+    monkeypatch.setattr(runtime, "replay", recording_replay)
+    client: PhoenixClient = await connect()
+    await client.join(TOPIC, {"from_seq": 1})
+    frames = await collect_through(client, 30)
+    assert seqs(frames) == list(range(1, 31))
+    assert limits[0] == 4 and max(limits[1:]) == 2, limits  # 50 kB / ~20 kB per message
 
 
 async def test_an_unexpected_error_in_a_join_is_answered_and_unsubscribes(
