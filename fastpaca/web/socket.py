@@ -57,6 +57,7 @@ import contextlib
 import logging
 import unicodedata
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +217,11 @@ class StreamSocket:
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.queued_bytes = 0
         self._channels: dict[str, Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Every channel task still running (joins), replaced channels' too."""
         self._queue: deque[bytes] = deque()
+        self._urgent: deque[bytes] = deque()
+        """Heartbeat replies: written before queued pushes (see ``reply_urgent``)."""
         self._has_frames = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -241,10 +246,11 @@ class StreamSocket:
             # however the awaits below end.
             for channel in tuple(self._channels.values()):
                 channel.close()
-            for task in (reader, writer):
+            tasks = (reader, writer, *self._tasks)
+            for task in tasks:
                 task.cancel()
             try:
-                await asyncio.gather(reader, writer, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await self._close_ws()
             finally:
                 if not self.finished.done():
@@ -292,7 +298,7 @@ class StreamSocket:
             return
         if frame.topic == "phoenix":
             if frame.event == "heartbeat":
-                self.reply(frame, "ok", _OK_EMPTY)
+                self.reply_urgent(frame)
             else:
                 self._reply_error(
                     frame, "unsupported_event", f"no event {frame.event!r} on phoenix"
@@ -333,6 +339,13 @@ class StreamSocket:
         self._channels[frame.topic] = channel
         channel.start()
 
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a channel's coroutine; the socket cancels and awaits it on close."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def forget(self, channel: Channel) -> None:
         if self._channels.get(channel.topic) is channel:
             del self._channels[channel.topic]
@@ -344,6 +357,16 @@ class StreamSocket:
         self.send_control(
             self.serializer.reply(frame.join_ref, frame.ref, frame.topic, status, response)
         )
+
+    def reply_urgent(self, frame: Frame) -> None:
+        """An ``ok`` reply written ahead of every queued push: a heartbeat's.
+        A client in a long replay over a slow link must still get it within
+        its timeout (the JS client's is 30 s), and it belongs to no channel,
+        so the order of any channel's frames is unchanged."""
+        reply = self.serializer.reply(frame.join_ref, frame.ref, frame.topic, "ok", _OK_EMPTY)
+        self._urgent.append(reply)
+        self._account(len(reply))
+        self._check_hard_limit()
 
     def _reply_error(self, frame: Frame, reason: str, message: str) -> None:
         self.reply(frame, "error", orjson.dumps({"reason": reason, "message": message}))
@@ -389,9 +412,11 @@ class StreamSocket:
             self.abort(WSCloseCode.POLICY_VIOLATION, "send queue overflow: read your socket")
 
     async def _write_loop(self) -> None:
-        queue, ws = self._queue, self.ws
+        queue, urgent, ws = self._queue, self._urgent, self.ws
         while True:
-            if queue:
+            if urgent:
+                frame = urgent.popleft()
+            elif queue:
                 frame = queue.popleft()
             else:
                 if self._lossy:  # drained: now the dropped events can be reported
@@ -492,7 +517,7 @@ class Channel:
         return self.join.join_ref
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_join())
+        self._task = self.socket.spawn(self._run_join())
 
     def close(self, *, notify: bool = False) -> None:
         if self._closed:

@@ -84,11 +84,12 @@ class PhoenixClient:
         return frames
 
     async def barrier(self) -> list[In]:
-        """Send a heartbeat and return every frame that arrives before its
-        reply: the server answers in order, so whatever it had queued by
-        then is here (a deterministic "nothing else came")."""
+        """Send a leave of a topic never joined and return every frame that
+        arrives before its reply: the server queues that reply behind
+        everything it had queued by then, so it is all here (a deterministic
+        "nothing else came"). Not a heartbeat: its reply jumps the queue."""
         ref = self.next_ref()
-        await self.send(None, ref, "phoenix", "heartbeat", {})
+        await self.send(None, ref, "barrier:never-joined", "phx_leave", {})
         before = []
         async with asyncio.timeout(TIMEOUT_S):
             while True:

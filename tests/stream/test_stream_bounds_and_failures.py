@@ -3,6 +3,7 @@ from the pub/sub adapter, and heartbeats that do not wait behind a replay."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -99,3 +100,36 @@ async def test_an_unexpected_error_in_a_join_is_answered_and_unsubscribes(
     seq = await append(node, "after")
     [push] = await client.pushes(1)
     assert push.payload["seq"] == seq
+
+
+async def test_a_heartbeat_reply_does_not_wait_behind_a_queued_replay(
+    node: TestClient, connect: Connect
+) -> None:
+    await create(node)
+    count = 2_000
+    await append_padded(node, count, 10_000, per_request=90)  # 20 MB: more than socket buffers
+    streams = node.app[STREAMS_KEY]
+    streams.limits = StreamLimits(
+        send_queue_bytes=64 << 20,
+        send_queue_hard_bytes=128 << 20,
+        replay_page=count,
+        replay_first_page=count,
+        replay_page_bytes=64 << 20,
+    )
+    client: PhoenixClient = await connect()
+    await client.join(TOPIC, {"from_seq": 1})
+    async with asyncio.timeout(10):  # the whole replay is queued (nothing read yet)
+        while streams.stats.queued_bytes_peak < 15_000_000:
+            await asyncio.sleep(0.01)
+    ref = client.next_ref()
+    await client.send(None, ref, "phoenix", "heartbeat", {})
+    before = 0
+    async with asyncio.timeout(20):
+        while True:
+            frame = await client.recv()
+            if frame.event == "phx_reply" and frame.ref == ref:
+                break
+            before += 1
+    assert before < count, "the heartbeat reply waited behind the whole replay"
+    frames = await collect_through(client, count)
+    assert seqs(frames) == list(range(before + 1, count + 1))  # pushes still in order
