@@ -34,6 +34,15 @@ Design, and why:
   it while still a follower). Subscribers dedupe by ``seq`` and report holes
   as ``gap`` so the client replays (DESIGN section 5; ``bus.py``). A peer
   link that drops loses its queued events the same way.
+- **No join race.** A websocket join subscribes to the local bus (which
+  queues the interest frame for every connected peer in the same loop turn,
+  ``call_soon``) before it reads ``last_seq``, and that read is forwarded to
+  the group leader over the same ordered peer link, so the leader knows of
+  the interest before it serves the read: every event applied after the
+  read is sent to us. The bus's ready gate (``LocalBus.wait_ready``) is
+  therefore not needed here, unlike with Redis, whose SUBSCRIBE is made on
+  another connection in the background. (A link that drops loses events as
+  above; they show as a ``gap`` with the next event.)
 - **Bad input.** A malformed frame is counted, logged and dropped; it never
   raises into the transport (which would close the link and with it Raft's
   traffic) and never reaches a subscriber.

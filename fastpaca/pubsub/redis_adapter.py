@@ -12,12 +12,34 @@
   of the conversations with a local subscriber (``LocalBus.on_interest``) and
   hands what arrives to the local bus. A message carries its origin node, so
   the leader drops its own copy (its subscribers already had the event).
+- **Joins wait for the subscription.** Redis delivers a message only to the
+  connections subscribed when it is published, so a websocket join must not
+  read ``last_seq`` before this node's SUBSCRIBE for the conversation was
+  acknowledged: events published in between would reach nobody, and on a
+  quiet conversation no hole would ever show. The adapter is the bus's ready
+  gate (``LocalBus.wait_ready``): a channel counts as ready once the last
+  SUBSCRIBE/UNSUBSCRIBE sent for it on the *current* connection was answered
+  and it was a SUBSCRIBE (Redis answers in order, so that reply means the
+  subscription is in force). While the connection is down or reconnecting
+  nothing is ready, and the join answers ``unavailable`` after its bounded
+  wait (the client retries).
 - **Losing Redis never loses data and never blocks appends.** The apply path
   only appends to a bounded queue; when Redis is down or slow the oldest
   queued events are dropped and counted. The subscriber connection is rebuilt
-  with capped backoff and re-subscribes to the current interest. Whatever was
-  lost shows as a hole in the seqs a subscriber receives: the websocket turns
-  it into a ``gap`` push and the client replays from the store.
+  with capped backoff and re-subscribes to the current interest; a connection
+  that redis-py would silently re-establish under us counts as lost too, so
+  the confirmed set always belongs to one connection. A channel that was
+  ready on a lost connection is *suspect*: once its SUBSCRIBE is confirmed on
+  the new connection, the adapter calls ``LocalBus.signal_loss`` and each
+  subscriber re-reads the conversation's ``last_seq`` (events published after
+  that read are delivered again) and pushes a ``gap`` if it moved. Other
+  losses show as a hole in the seqs a subscriber receives: the websocket
+  turns it into a ``gap`` push and the client replays from the store.
+- **Not covered:** events the *publisher* drops (its queue overflowed, or a
+  PUBLISH batch failed, e.g. a timeout) while the subscribers' connections
+  stay up are lost without a signal; a subscriber learns of them only from
+  the next event of that conversation (a ``gap``). The counter
+  ``events_dropped`` on the leader shows it.
 
 Message body: ``origin length u16 | origin node id utf-8 | event record``
 (the record is ``wire.event_record``; its conversation id must match the
@@ -125,11 +147,20 @@ class RedisFanout:
         self._queued = asyncio.Event()
         self._interest_changed = asyncio.Event()
         self._subscribed: set[bytes] = set()
+        """Channels the current connection was last told to subscribe."""
+        self._outstanding: dict[bytes, int] = {}
+        """Channel -> SUBSCRIBE/UNSUBSCRIBE sent on this connection, not answered yet."""
+        self._confirmed: set[bytes] = set()
+        """Channels whose subscription is in force on the current connection."""
+        self._suspect: set[bytes] = set()
+        """Channels confirmed on a lost connection: their subscribers may have lost events."""
+        self._ready_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self.connected = asyncio.Event()
         """Set while the subscriber connection is up and subscribed (tests)."""
         bus.on_interest(self._on_local_interest)
+        bus.set_ready_gate(self.wait_ready)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -235,11 +266,17 @@ class RedisFanout:
         client = self._client(socket_timeout=None)  # an idle subscription is not a timeout
         try:
             while True:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 try:
                     # A channel of our own keeps the connection in subscribed
                     # mode (readable) even while no conversation is watched.
                     await pubsub.subscribe(b"fastpaca:node:" + self._node_id.encode())
+                    # redis-py would reconnect this connection by itself (and
+                    # re-subscribe) on the next command or read after a
+                    # failure: refuse, so that losses are always seen here.
+                    # (redis-py types the attribute as None; subscribe set it)
+                    connection: Any = pubsub.connection
+                    connection.register_connect_callback(self._refuse_reconnect)
                     self._subscribed = set()
                     backoff_s = BACKOFF_INITIAL_S
                     await self._serve(pubsub)
@@ -254,6 +291,7 @@ class RedisFanout:
                     )
                 finally:
                     self.connected.clear()
+                    self._connection_lost()
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(backoff_s)
@@ -279,23 +317,93 @@ class RedisFanout:
         while True:
             self._interest_changed.clear()
             wanted = {channel_of(cid) for cid in self._bus.interests()}
-            added = wanted - self._subscribed
-            removed = self._subscribed - wanted
-            if added:
-                await pubsub.subscribe(*sorted(added))
-            if removed:
-                await pubsub.unsubscribe(*sorted(removed))
+            added = sorted(wanted - self._subscribed)
+            removed = sorted(self._subscribed - wanted)
+            # The intent is recorded before sending: a reply can arrive
+            # while the second command is still being written.
             self._subscribed = wanted
+            outstanding = self._outstanding
+            for channel in (*added, *removed):
+                outstanding[channel] = outstanding.get(channel, 0) + 1
+                self._confirmed.discard(channel)
+            for channel in removed:
+                self._suspect.discard(channel)  # nobody left to tell
+            if added:
+                await pubsub.subscribe(*added)
+            if removed:
+                await pubsub.unsubscribe(*removed)
             self.stats.interest_frames_sent += bool(added) + bool(removed)
             self.connected.set()
             await self._interest_changed.wait()
 
     async def _read(self, pubsub: Any) -> None:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message.get("type") != "message":
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
                 continue
-            self._on_message(message["channel"], message["data"])
+            kind = message.get("type")
+            if kind == "message":
+                self._on_message(message["channel"], message["data"])
+            elif kind in ("subscribe", "unsubscribe"):
+                self._on_reply(message["channel"])
+
+    def _on_reply(self, channel: bytes) -> None:
+        """Redis answered one SUBSCRIBE/UNSUBSCRIBE of ``channel``; once all
+        are answered, the last one sent is the state in force."""
+        left = self._outstanding.get(channel)
+        if left is None:
+            return  # the node's own channel
+        if left > 1:
+            self._outstanding[channel] = left - 1
+            return
+        del self._outstanding[channel]
+        if channel not in self._subscribed:
+            return
+        self._confirmed.add(channel)
+        for waiter in self._ready_waiters.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        if channel in self._suspect:
+            self._suspect.discard(channel)
+            self.stats.loss_signals += 1
+            self._bus.signal_loss(channel[len(CHANNEL_PREFIX) :].decode())
+
+    def _refuse_reconnect(self, connection: Any) -> None:
+        # A method: redis-py keeps connect callbacks as weak methods.
+        raise ConnectionError("the subscriber connection dropped; it is rebuilt from scratch")
+
+    def _connection_lost(self) -> None:
+        """Whatever was confirmed may have missed events from now until it
+        is confirmed again on a new connection."""
+        self._suspect |= self._confirmed
+        self._confirmed = set()
+        self._outstanding = {}
+        self._subscribed = set()
+
+    async def wait_ready(self, conversation_id: str, timeout_s: float) -> bool:
+        """The bus's ready gate: True once a subscription covering the
+        conversation is in force on the current connection (its SUBSCRIBE
+        was answered), False if that takes longer than ``timeout_s``. The
+        caller subscribed to the bus first, so the channel is wanted."""
+        channel = channel_of(conversation_id)
+        if channel in self._confirmed:
+            return True
+        if not self._running:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self._ready_waiters.setdefault(channel, [])
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters and self._ready_waiters.get(channel) is waiters:
+                del self._ready_waiters[channel]
 
     def _on_message(self, channel: bytes, body: bytes) -> None:
         try:

@@ -24,6 +24,9 @@ class PubSubStats:
     interest_frames_sent: int = 0
     interest_frames_received: int = 0
     malformed_frames: int = 0
+    loss_signals: int = 0
+    """Conversations whose subscribers were told events may have been lost
+    (Redis: re-subscribed after the subscriber connection was lost)."""
     remote_interests: int = 0
     """Gauge: (conversation, node) pairs this node would send events to."""
     local_interests: int = 0

@@ -16,7 +16,9 @@ the same for users):
   pushes have no ``version``: the store keeps none per message), then the
   channel continues live with no hole and no duplicate. Without it the
   channel is live from ``last_seq + 1``. A channel subscribes to the bus
-  *before* it reads, buffers what arrives while it replays in pages, then
+  *before* it reads and waits (``join_ready_timeout_s``) until the bus says
+  the conversation's events reach this node (Redis: SUBSCRIBE acknowledged;
+  otherwise ``unavailable``), buffers what arrives while it replays in pages, then
   flushes the buffer dropping every seq it already sent. If that buffer
   outgrows its bound, it is thrown away and the replay simply reads on: the
   events are in the store, since they were applied before being published.
@@ -26,7 +28,13 @@ the same for users):
   as HTTP reads of it do; the requested replay is pushed, then one
   ``tombstone`` push. Bad id or params: ``invalid_conversation_id`` /
   ``invalid_params``; another topic: ``"unmatched topic"`` (Phoenix's reason).
-  No quorum: ``unavailable``. An error reply never closes the socket.
+  No quorum: ``unavailable``. Any other exception during the join is a bug:
+  ``internal``, logged with its traceback, the subscription released. An
+  error reply never closes the socket.
+- **Possible loss**: when the pub/sub adapter signals that events may have
+  been lost (Redis came back after the subscriber connection dropped), a
+  live channel re-reads ``last_seq`` and pushes a ``gap`` up to it if it
+  moved; a channel still catching up re-reads the store before going live.
 - **Live order**: the channel tracks the next seq it expects. A duplicate is
   dropped; a hole becomes ``{"type":"gap","expected":E,"actual":A}`` followed
   by the message ``A``; the client replays ``GET .../messages?from=E``.
@@ -36,7 +44,12 @@ the same for users):
   ``gap`` whose ``actual`` is the seq after the last dropped one. Replies are
   never dropped; a socket whose queue still passes ``send_queue_hard_bytes``
   (a client that sends but does not read) is closed with 1008. Replay waits
-  for room instead of dropping. Memory per socket is therefore bounded.
+  for room before each message instead of dropping, and reads pages of about
+  ``replay_page_bytes``. Memory per socket is therefore bounded: the queue by
+  ``send_queue_bytes`` plus one message per replaying channel (replies and
+  the join buffers' flushes aside), plus one page per replaying channel.
+  Heartbeat replies go ahead of queued pushes (they belong to no channel);
+  every other frame keeps its order.
 - **Pushes** carry ``ref`` null and the channel's ``join_ref``, so the client
   drops frames a replaced channel still had queued.
 - **Limits**: inbound frames over ``max_frame_bytes`` close the socket with
@@ -104,6 +117,10 @@ class StreamLimits:
     """Replay pages are sized to about this many bytes of messages (see ``_catch_up``)."""
     replay_first_page: int = 16
     """Messages in a replay's first page, before their size is known."""
+    join_ready_timeout_s: float = 3.0
+    """How long a join waits for the pub/sub adapter to receive the
+    conversation's events (Redis: its SUBSCRIBE acknowledged) before it
+    answers ``unavailable``."""
     max_channels: int = 100
     max_frame_bytes: int = 64 * 1024
     idle_timeout_s: float = 60.0
@@ -218,7 +235,7 @@ class StreamSocket:
         self.queued_bytes = 0
         self._channels: dict[str, Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        """Every channel task still running (joins), replaced channels' too."""
+        """Every channel task still running (joins, loss checks), replaced channels' too."""
         self._queue: deque[bytes] = deque()
         self._urgent: deque[bytes] = deque()
         """Heartbeat replies: written before queued pushes (see ``reply_urgent``)."""
@@ -508,8 +525,13 @@ class Channel:
         self._dropped_through: int | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
-        # Subscribe before the first read: nothing applied after it can be missed.
-        self._subscription: Subscription = socket.bus.subscribe(conversation_id, self._deliver)
+        self._loss_check: asyncio.Task[None] | None = None
+        self._loss_recheck = False
+        # Subscribe before the first read: nothing applied after it can be
+        # missed (once the adapter confirms it receives the events: _run_join).
+        self._subscription: Subscription = socket.bus.subscribe(
+            conversation_id, self._deliver, on_loss=self._on_possible_loss
+        )
         socket.stats.channels += 1
 
     @property
@@ -526,8 +548,9 @@ class Channel:
         self._subscription.close()
         self.socket.stats.channels -= 1
         self.socket.forget(self)
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        for task in (self._task, self._loss_check):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         if notify:
             self.socket.send_control(self._push("phx_close", _OK_EMPTY))
 
@@ -539,6 +562,18 @@ class Channel:
     async def _run_join(self) -> None:
         socket = self.socket
         try:
+            # With Redis the subscription is made in the background: reading
+            # last_seq before it is in force could miss the events published
+            # in between, with no hole ever showing on a quiet conversation.
+            if not await socket.bus.wait_ready(
+                self.conversation_id, socket.limits.join_ready_timeout_s
+            ):
+                self._refuse(
+                    "unavailable",
+                    "Live events of this conversation cannot be received yet "
+                    "(pub/sub subscription not confirmed); retry",
+                )
+                return
             view = await socket.service.get(self.conversation_id)
         except ConversationNotFound as exc:
             self._refuse("conversation_not_found", str(exc))
@@ -626,6 +661,57 @@ class Channel:
         for event in buffered:  # bounded by catch_up_buffer_bytes: never dropped
             self._push_message(event, force=True)
         if self._tombstoned:
+            self._push_tombstone()
+
+    # --- possible loss (the pub/sub adapter's link was down) ---------------
+
+    def _on_possible_loss(self) -> None:
+        """The bus's loss signal: events may have been lost with no hole
+        showing. The adapter receives the events again when this is called,
+        so a read of last_seq now tells what may be missing."""
+        if self._closed:
+            return
+        if self._buffer is not None:
+            # Catching up: re-read the store before going live, exactly as
+            # when the buffer overflowed (the join's own read may be older
+            # than the loss).
+            self._buffer_overflowed = True
+            return
+        if self._loss_check is not None and not self._loss_check.done():
+            self._loss_recheck = True  # the running read may predate this signal
+            return
+        self._loss_check = self.socket.spawn(self._check_loss())
+
+    async def _check_loss(self) -> None:
+        delay_s = 0.5
+        while not self._closed:
+            self._loss_recheck = False
+            try:
+                view = await self.socket.service.get(self.conversation_id)
+            except FastpacaError:  # no quorum now: events may still be missing, retry
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+                continue
+            except Exception:
+                _log.exception(
+                    "stream loss check crashed",
+                    extra={"type": "stream.channel_crash", "conversation_id": self.conversation_id},
+                )
+                return
+            self._report_missing(view.state.last_seq, view.state.tombstoned)
+            if not self._loss_recheck:
+                return
+
+    def _report_missing(self, last_seq: int, tombstoned: bool) -> None:
+        """Push a gap for every seq up to ``last_seq`` this channel has not
+        sent (and a tombstone it may have missed)."""
+        if last_seq >= self.expected:
+            self._send_gap(last_seq + 1)
+            self.expected = last_seq + 1
+            if self._dropped_through is not None and self._dropped_through <= last_seq:
+                self._dropped_through = None  # this gap covers the owed one
+        if tombstoned:
+            self._tombstoned = True
             self._push_tombstone()
 
     # --- live -------------------------------------------------------------

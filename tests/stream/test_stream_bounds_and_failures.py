@@ -102,6 +102,65 @@ async def test_an_unexpected_error_in_a_join_is_answered_and_unsubscribes(
     assert push.payload["seq"] == seq
 
 
+async def test_a_loss_signal_becomes_a_gap_when_the_conversation_moved(
+    node: TestClient, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create(node)
+    client: PhoenixClient = await connect()
+    join_ref, _ = await client.join(TOPIC)
+    bus = node.app[BUS_KEY]
+    # Nothing changed yet: a loss signal pushes nothing.
+    assert bus.signal_loss("c1") == 1
+    assert await client.barrier() == []
+    # Two events never arrive (as while Redis was away), nothing shows a hole...
+    real_publish = bus.publish
+    monkeypatch.setattr(bus, "publish", lambda event: 0)
+    await append(node, "lost 1")
+    await append(node, "lost 2")
+    monkeypatch.setattr(bus, "publish", real_publish)
+    assert await client.barrier() == []
+    # ...until the adapter says events may have been lost.
+    bus.signal_loss("c1")
+    [gap] = await client.pushes(1)
+    assert (gap.join_ref, gap.event, gap.payload) == (
+        join_ref,
+        "gap",
+        {"type": "gap", "expected": 1, "actual": 3},
+    )
+    seq = await append(node, "live again")
+    [push] = await client.pushes(1)
+    assert (push.event, push.payload["seq"]) == ("message", seq)
+    assert await client.barrier() == []
+
+
+async def test_a_loss_signal_during_a_join_re_reads_the_store(
+    node: TestClient, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events lost between the join's read and going live are read, not gapped."""
+    await create(node)
+    await append(node, "before")
+    runtime = node.app[RUNTIME_KEY]
+    bus = node.app[BUS_KEY]
+    real_get = runtime.get
+    real_publish = bus.publish
+
+    async def get_then_lose(conversation_id: str) -> Any:
+        view = await real_get(conversation_id)
+        monkeypatch.setattr(bus, "publish", lambda event: 0)
+        await append(node, "lost")
+        monkeypatch.setattr(bus, "publish", real_publish)
+        bus.signal_loss(conversation_id)
+        return view
+
+    monkeypatch.setattr(runtime, "get", get_then_lose)
+    client: PhoenixClient = await connect()
+    _, reply = await client.join(TOPIC)
+    assert reply.payload["response"]["last_seq"] == 1
+    [push] = await client.pushes(1)
+    assert (push.event, push.payload["seq"]) == ("message", 2)
+    assert await client.barrier() == []
+
+
 async def test_a_heartbeat_reply_does_not_wait_behind_a_queued_replay(
     node: TestClient, connect: Connect
 ) -> None:
