@@ -147,6 +147,8 @@ def create_app(
             cluster = _cluster_node(cluster_config, settings, driver, transport, make_runtime)
             readiness.add_check(cluster.readiness)
             metrics.watch_cluster(cluster.numbers)
+            if isinstance(pubsub, ClusterFanout):  # it also knows groups not hosted here
+                pubsub.use_leader_directory(cluster.gossip.leader_of)
         else:
             readiness.add_check(every_group_has_leader(driver))
         metrics.watch_raft(driver.stats)
@@ -261,7 +263,13 @@ def _pubsub(
         )
     if not clustered:
         return None
-    return ClusterFanout(bus=bus, transport=transport, is_leader=driver.is_leader)
+    return ClusterFanout(
+        bus=bus,
+        transport=transport,
+        is_leader=driver.is_leader,
+        leader_of=driver.leader_of,
+        group_count=settings.raft_groups,
+    )
 
 
 def _driver_config(settings: Settings) -> DriverConfig:

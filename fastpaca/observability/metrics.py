@@ -261,6 +261,10 @@ class _PubSubCollector(Collector):
         "interest_frames_sent": "Interest announcements sent to peers.",
         "interest_frames_received": "Interest announcements received from peers.",
         "malformed_frames": "Pub/sub frames dropped as malformed.",
+        "loss_signals": (
+            "Times a watched conversation's subscribers were told events may have been lost "
+            "(peer link or leader change, Redis reconnect) and re-checked its last seq."
+        ),
     }
 
     def __init__(self, stats: PubSubStats) -> None:

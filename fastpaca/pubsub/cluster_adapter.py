@@ -41,8 +41,30 @@ Design, and why:
   the interest before it serves the read: every event applied after the
   read is sent to us. The bus's ready gate (``LocalBus.wait_ready``) is
   therefore not needed here, unlike with Redis, whose SUBSCRIBE is made on
-  another connection in the background. (A link that drops loses events as
-  above; they show as a ``gap`` with the next event.)
+  another connection in the background.
+- **Loss signals.** Events lost on the way here (a link drop, a leader
+  change) would show only with the next event of the conversation, never on
+  a quiet one. So the adapter remembers, for every Raft group with a local
+  subscriber, the leader it last saw (``leader_of``: the driver's view, or the
+  peers' statuses for groups not hosted here). A group becomes *suspect*
+  when the link to that leader (or to anyone, while no leader is known)
+  goes down, or when its leader changes. Once the group's current leader
+  receives our interest again (it is this node, or a connected peer that has
+  been sent our whole set since the link came up, twice: the second time
+  ``resync_delay_s`` later, after a simultaneous dial from both ends may have
+  replaced the connection and lost the first), the adapter calls
+  ``LocalBus.signal_loss`` for the group's watched conversations: each
+  channel re-reads ``last_seq`` (at that leader, over the same ordered link,
+  so every event applied after the read reaches us) and pushes a ``gap`` if
+  it moved. Leaders are compared every ``leader_check_s`` for the watched
+  groups only, and suspects are settled at that tick too, so a flapping link
+  or a node whose groups all change leader at once costs each watched
+  conversation at most one signal per tick; nothing runs on the append path.
+  Not covered: events the leader drops on a link that stays up (its send
+  queue full, counted in its ``events_dropped``), and a connection replaced
+  without a down/up on our side long after it came up (the peer restarted
+  before we noticed: it learns our interest at the next ``refresh_s``) show
+  only with the next event.
 - **Bad input.** A malformed frame is counted, logged and dropped; it never
   raises into the transport (which would close the link and with it Raft's
   traffic) and never reaches a subscriber.
@@ -57,6 +79,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from fastpaca.cluster.placement import group_for_conversation
 from fastpaca.pubsub import wire
 from fastpaca.pubsub.bus import LocalBus, StreamEvent
 from fastpaca.pubsub.publisher import event_for
@@ -74,13 +97,19 @@ iteration does not build a single huge payload ahead of Raft's frames."""
 REFRESH_S = 10.0
 RESYNC_DELAY_S = 0.5
 """After a peer's queue refused an interest frame, retry the full set this late."""
+LEADER_CHECK_S = 0.25
+"""How often the leaders of watched groups are compared, and suspect groups
+settled (the latency of a loss signal; a Raft election takes seconds)."""
 
 
 class ClusterFanout:
     """The cluster adapter; an ``EffectSink`` for the node's ``EffectHub``.
 
     ``is_leader(group_id)`` says whether this node currently leads the
-    group (``RaftDriver.is_leader``)."""
+    group (``RaftDriver.is_leader``); ``leader_of(group_id)`` names the
+    group's leader as far as this node knows, or None (``RaftDriver.leader_of``,
+    better ``Gossip.leader_of``: see ``use_leader_directory``);
+    ``group_count`` maps conversations to groups as the router does."""
 
     def __init__(
         self,
@@ -88,16 +117,22 @@ class ClusterFanout:
         bus: LocalBus,
         transport: Transport,
         is_leader: Callable[[int], bool],
+        leader_of: Callable[[int], str | None],
+        group_count: int,
         frame_bytes_max: int = FRAME_BYTES_MAX,
         refresh_s: float = REFRESH_S,
         resync_delay_s: float = RESYNC_DELAY_S,
+        leader_check_s: float = LEADER_CHECK_S,
     ) -> None:
         self._bus = bus
         self._transport = transport
         self._is_leader = is_leader
+        self._leader_of = leader_of
+        self._group_count = group_count
         self._frame_bytes_max = frame_bytes_max
         self._refresh_s = refresh_s
         self._resync_delay_s = resync_delay_s
+        self._leader_check_s = leader_check_s
         self.stats = PubSubStats()
         self._peers_of: dict[str, set[str]] = {}
         """Conversation id -> peers that announced interest in it."""
@@ -109,8 +144,16 @@ class ClusterFanout:
         """Local interest changes not yet announced (latest state per conversation)."""
         self._resync: set[str] = set()
         self._flush_scheduled = False
+        self._watched: dict[int, set[str]] = {}
+        """Group -> conversations of it with a local subscriber."""
+        self._leaders: dict[int, str] = {}
+        """Watched group -> the leader last seen for it (absent: none seen yet)."""
+        self._suspect: set[int] = set()
+        """Watched groups whose events may have been lost since they were last
+        received (a link drop, a leader change): settled at the next check."""
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._resync_timer: asyncio.TimerHandle | None = None
+        self._leader_timer: asyncio.TimerHandle | None = None
         self._running = False
         transport.subscribe(Channel.PUBSUB, self._on_frame)
         transport.on_peer_state(self._on_peer_state)
@@ -122,14 +165,15 @@ class ClusterFanout:
         """Start announcing (before the transport starts, so no link-up is missed)."""
         self._running = True
         self._schedule_refresh()
+        self._schedule_leader_check()
 
     async def stop(self) -> None:
         """Stop sending anything; inbound events are still delivered."""
         self._running = False
-        for timer in (self._refresh_timer, self._resync_timer):
+        for timer in (self._refresh_timer, self._resync_timer, self._leader_timer):
             if timer is not None:
                 timer.cancel()
-        self._refresh_timer = self._resync_timer = None
+        self._refresh_timer = self._resync_timer = self._leader_timer = None
         self._outbox.clear()
         self._pending_interest.clear()
 
@@ -140,6 +184,14 @@ class ClusterFanout:
 
     def interest_of(self, peer: str) -> frozenset[str]:
         return frozenset(self._interest_of.get(peer, ()))
+
+    def suspect_groups(self) -> frozenset[int]:
+        return frozenset(self._suspect)
+
+    def use_leader_directory(self, leader_of: Callable[[int], str | None]) -> None:
+        """Replace ``leader_of`` (the cluster's directory exists only after
+        this adapter: it also knows the leaders of groups not hosted here)."""
+        self._leader_of = leader_of
 
     # --- the apply path -----------------------------------------------------------------
 
@@ -209,6 +261,7 @@ class ClusterFanout:
 
     def _on_local_interest(self, conversation_id: str, interested: bool) -> None:
         self.stats.local_interests += 1 if interested else -1
+        self._track(conversation_id, interested)
         if not self._running:
             return  # the full set goes out when links come up
         self._pending_interest[conversation_id] = interested
@@ -240,11 +293,14 @@ class ClusterFanout:
         if peer in self._transport.connected_peers():
             # The link is up but its queue is full: the peer's view of us is
             # now wrong, so it gets the whole set again shortly.
-            self._resync.add(peer)
-            if self._resync_timer is None:
-                loop = asyncio.get_running_loop()
-                self._resync_timer = loop.call_later(self._resync_delay_s, self._resync_now)
+            self._resync_later(peer)
         return False
+
+    def _resync_later(self, peer: str) -> None:
+        self._resync.add(peer)
+        if self._resync_timer is None:
+            loop = asyncio.get_running_loop()
+            self._resync_timer = loop.call_later(self._resync_delay_s, self._resync_now)
 
     def _resync_now(self) -> None:
         self._resync_timer = None
@@ -341,7 +397,18 @@ class ClusterFanout:
         if connected:
             if self._running:
                 self._announce_all(peer)
+                # Both ends may have dialed at once: the transport then replaces
+                # one connection by the other without a down/up, and what was in
+                # flight on the loser (this set, maybe) is gone. Send it again
+                # once that race is over; until then the peer counts as not
+                # knowing our interest (no loss signal settles against it).
+                self._resync_later(peer)
             return
+        # Whatever that peer led and was sending us is lost until it knows our
+        # interest again (it forgets it on its side of the drop too).
+        for group_id in self._watched:
+            if self._leaders.get(group_id, peer) == peer:
+                self._suspect.add(group_id)
         # The peer re-announces its whole set when the link is back; until
         # then nothing we send would reach it.
         for conversation_id in list(self._interest_of.get(peer, ())):
@@ -350,3 +417,88 @@ class ClusterFanout:
         if dropped:
             self.stats.events_dropped += len(dropped)
         self._resync.discard(peer)
+
+    # --- loss signals -------------------------------------------------------------------
+
+    def _track(self, conversation_id: str, interested: bool) -> None:
+        """Keep ``_watched`` (and the leaders seen) in step with local interest."""
+        group_id = group_for_conversation(conversation_id, self._group_count)
+        conversations = self._watched.get(group_id)
+        if interested:
+            if conversations is None:
+                conversations = self._watched[group_id] = set()
+                # A join reads last_seq itself: the leader seen now is the
+                # baseline, not a change.
+                leader = self._leader_of(group_id)
+                if leader is not None:
+                    self._leaders[group_id] = leader
+            conversations.add(conversation_id)
+        elif conversations is not None:
+            conversations.discard(conversation_id)
+            if not conversations:
+                del self._watched[group_id]
+                self._leaders.pop(group_id, None)
+                self._suspect.discard(group_id)
+
+    def _schedule_leader_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._leader_timer = loop.call_later(self._leader_check_s, self._check_leaders)
+
+    def _check_leaders(self) -> None:
+        self._leader_timer = None
+        if not self._running:
+            return
+        try:
+            self.check_losses()
+        except Exception:  # a bug must not end the checks for good
+            _log.exception("pubsub: loss check failed", extra={"type": "pubsub.loss_check_error"})
+        self._schedule_leader_check()
+
+    def check_losses(self) -> int:
+        """Note leader changes of the watched groups, and signal possible loss
+        for the suspect groups whose leader receives our interest again;
+        returns how many conversations were signalled. Runs every
+        ``leader_check_s``; a cost per watched group, none without subscribers."""
+        if not self._watched:
+            return 0
+        leaders, suspect = self._leaders, self._suspect
+        for group_id in self._watched:
+            leader = self._leader_of(group_id)
+            if leader is None:
+                continue  # an election, or our view of it lags: compare later
+            seen = leaders.get(group_id)
+            if seen != leader:
+                leaders[group_id] = leader
+                if seen is not None:
+                    # The old leader may have stopped publishing before the new
+                    # one started (DESIGN section 5): events in between are lost.
+                    suspect.add(group_id)
+        if not suspect:
+            return 0
+        me = self._transport.node_id
+        connected = self._transport.connected_peers()
+        settled = []
+        for group_id in suspect:
+            leader = leaders.get(group_id)
+            # A peer whose full set was refused (``_resync``) does not know our
+            # interest yet: a read now could predate it and miss events.
+            if leader == me or (
+                leader is not None and leader in connected and leader not in self._resync
+            ):
+                settled.append(group_id)
+        signalled = 0
+        for group_id in sorted(settled):
+            suspect.discard(group_id)
+            for conversation_id in sorted(self._watched[group_id]):
+                signalled += 1
+                self._bus.signal_loss(conversation_id)
+        if signalled:
+            self.stats.loss_signals += signalled
+            _log.info(
+                "pubsub: events may have been lost for %d watched conversations of %d groups "
+                "(peer link or leader change); their subscribers re-check",
+                signalled,
+                len(settled),
+                extra={"type": "pubsub.loss_signal", "groups": len(settled)},
+            )
+        return signalled

@@ -26,7 +26,8 @@ class PubSubStats:
     malformed_frames: int = 0
     loss_signals: int = 0
     """Conversations whose subscribers were told events may have been lost
-    (Redis: re-subscribed after the subscriber connection was lost)."""
+    (Redis: re-subscribed after the subscriber connection was lost; cluster:
+    the link to the group's leader dropped, or the leader changed)."""
     remote_interests: int = 0
     """Gauge: (conversation, node) pairs this node would send events to."""
     local_interests: int = 0

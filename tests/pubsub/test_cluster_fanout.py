@@ -1,10 +1,12 @@
 """The cluster adapter on an in-memory transport: interest tracking, leader-only
-publishing, withdrawal, link restarts, malformed frames and full queues."""
+publishing, withdrawal, link restarts, malformed frames and full queues, and
+the loss signals after a link to the leader drops or the leader changes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,36 +26,60 @@ def appended(cid: str, seq: int) -> Appended:
     return Appended(conversation_id=cid, seq=seq, version=seq, message=STORED)
 
 
+class RecordingBus(LocalBus):
+    """A real bus that also records which conversations it was told to signal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signalled: list[str] = []
+
+    def signal_loss(self, conversation_id: str) -> int:
+        self.signalled.append(conversation_id)
+        return super().signal_loss(conversation_id)
+
+
 @dataclass
 class Node:
     name: str
     transport: InMemoryTransport
-    bus: LocalBus
+    bus: RecordingBus
     fanout: ClusterFanout
     got: dict[str, list[StreamEvent]] = field(default_factory=dict)
+    losses: dict[str, int] = field(default_factory=dict)
 
     def watch(self, cid: str) -> Callable[[], None]:
         events = self.got.setdefault(cid, [])
-        return self.bus.subscribe(cid, events.append).close
+        self.losses.setdefault(cid, 0)
+
+        def on_loss() -> None:
+            self.losses[cid] += 1
+
+        return self.bus.subscribe(cid, events.append, on_loss=on_loss).close
 
     def seqs(self, cid: str) -> list[int | None]:
         return [event.seq for event in self.got.get(cid, [])]
 
 
 class Cluster:
-    def __init__(self) -> None:
+    """Three nodes, one Raft group (0) led by ``leader`` (None: an election)."""
+
+    def __init__(self, *, leader_check_s: float = 3600) -> None:
         self.hub = InMemoryHub()
-        self.leader = "n1"
+        self.leader: str | None = "n1"
         self.nodes: dict[str, Node] = {}
         for name in NODES:
             transport = self.hub.transport(name)
-            bus = LocalBus()
+            bus = RecordingBus()
             fanout = ClusterFanout(
                 bus=bus,
                 transport=transport,
                 is_leader=lambda group_id, name=name: name == self.leader,
+                leader_of=lambda group_id: self.leader,
+                group_count=1,
                 refresh_s=3600,  # only where a test asks for it
                 resync_delay_s=0.01,
+                # Most loss tests tick ``check_losses`` themselves.
+                leader_check_s=leader_check_s,
             )
             self.nodes[name] = Node(name, transport, bus, fanout)
 
@@ -63,16 +89,23 @@ class Cluster:
             node.fanout(0, effects)
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    local = Cluster()
+@asynccontextmanager
+async def running(local: Cluster) -> AsyncIterator[Cluster]:
     for node in local.nodes.values():
         await node.fanout.start()
         await node.transport.start()
-    yield local
-    for node in local.nodes.values():
-        await node.fanout.stop()
-        await node.transport.stop()
+    try:
+        yield local
+    finally:
+        for node in local.nodes.values():
+            await node.fanout.stop()
+            await node.transport.stop()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with running(Cluster()) as local:
+        yield local
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
@@ -199,7 +232,12 @@ async def test_an_interest_frame_refused_by_a_full_queue_is_resent_as_the_full_s
     buses = {"n1": LocalBus(), "n2": LocalBus()}
     fanouts = {
         name: ClusterFanout(
-            bus=buses[name], transport=transport, is_leader=lambda g: True, resync_delay_s=0.01
+            bus=buses[name],
+            transport=transport,
+            is_leader=lambda g: True,
+            leader_of=lambda g: "n1",
+            group_count=1,
+            resync_delay_s=0.01,
         )
         for name, transport in (("n1", other), ("n2", flaky))
     }
@@ -226,6 +264,8 @@ async def test_events_to_one_peer_split_into_bounded_frames() -> None:
             bus=buses[name],
             transport=transports[name],
             is_leader=lambda g, name=name: name == "n1",
+            leader_of=lambda g: "n1",
+            group_count=1,
             frame_bytes_max=1000,
         )
         for name in transports
@@ -243,3 +283,136 @@ async def test_events_to_one_peer_split_into_bounded_frames() -> None:
     for name in transports:
         await fanouts[name].stop()
         await transports[name].stop()
+
+
+# --- loss signals -------------------------------------------------------------------------
+
+
+async def test_a_link_to_the_leader_back_up_signals_its_watched_conversations(
+    cluster: Cluster,
+) -> None:
+    n1, n2, n3 = (cluster.nodes[n] for n in NODES)
+    n2.watch("c1")
+    n3.watch("c1")
+    n2.watch("left")()  # watched once, not any more
+    n1.watch("c1")
+    await until(lambda: n1.fanout.interested_peers("c1") == {"n2", "n3"})
+    assert n2.fanout.check_losses() == 0  # the steady state signals nothing
+
+    # A link that carried nothing for us (n2 - n3; n1 leads): no signal.
+    cluster.hub.cut("n2", "n3")
+    cluster.hub.heal()
+    assert n2.fanout.check_losses() == 0
+    assert n2.fanout.suspect_groups() == frozenset()
+
+    # The link to the leader drops: events published meanwhile are lost.
+    cluster.hub.isolate("n2")
+    cluster.apply([appended("c1", 1)])
+    await until(lambda: n3.seqs("c1") == [1])
+    assert n2.fanout.check_losses() == 0, "nothing to re-check against while the leader is away"
+    assert n2.losses["c1"] == 0
+    cluster.hub.heal()
+    # Not yet: our set goes out again once a simultaneous dial could have
+    # replaced the new connection (and lost what was in flight on it).
+    assert n2.fanout.check_losses() == 0
+    await until(lambda: n1.fanout.interest_of("n2") == {"c1"})
+    await until(lambda: n2.fanout.check_losses() == 1)
+    assert n2.losses == {"c1": 1, "left": 0}
+    assert n2.bus.signalled == ["c1"]  # never an unwatched conversation
+    assert n2.fanout.stats.loss_signals == 1
+    # Settled: the next checks say nothing; the other nodes never lost anything.
+    assert n2.fanout.check_losses() == 0
+    for node in (n1, n3):
+        assert node.fanout.check_losses() == 0
+        assert node.losses["c1"] == 0 and node.bus.signalled == []
+    assert n2.seqs("c1") == []  # the lost event is not replayed by the adapter
+
+
+async def test_a_leader_change_signals_once_the_new_leader_is_known(cluster: Cluster) -> None:
+    n1, n2, n3 = (cluster.nodes[n] for n in NODES)
+    n2.watch("c1")
+    await until(lambda: n3.fanout.interested_peers("c1") == {"n2"})
+    cluster.leader = None  # an election: no one to re-check against yet
+    assert n2.fanout.check_losses() == 0
+    cluster.leader = "n3"
+    await until(lambda: n2.fanout.check_losses() == 1)
+    assert n2.losses["c1"] == 1
+    # Leadership comes to this very node: its own applies publish from now on.
+    cluster.leader = "n2"
+    assert n2.fanout.check_losses() == 1
+    assert n2.losses["c1"] == 2
+    assert n1.fanout.stats.loss_signals == n3.fanout.stats.loss_signals == 0
+
+
+async def test_a_dead_leader_is_signalled_once_when_its_successor_is_known(
+    cluster: Cluster,
+) -> None:
+    n2 = cluster.nodes["n2"]
+    n2.watch("c1")
+    n2.watch("c2")
+    await until(lambda: cluster.nodes["n1"].fanout.interest_of("n2") == {"c1", "c2"})
+    cluster.hub.isolate("n1")  # the leader dies; its link never comes back
+    cluster.leader = None
+    assert n2.fanout.check_losses() == 0
+    assert n2.fanout.suspect_groups() == {0}
+    cluster.leader = "n3"  # a link drop and a leader change: one signal each
+    await until(lambda: n2.fanout.check_losses() == 2)
+    assert sorted(n2.bus.signalled) == ["c1", "c2"]
+    assert n2.losses == {"c1": 1, "c2": 1}
+
+
+async def test_a_flapping_link_is_coalesced_into_one_signal_per_tick() -> None:
+    async with running(Cluster(leader_check_s=0.05)) as cluster:
+        n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+        n2.watch("c1")
+        await until(lambda: n1.fanout.interest_of("n2") == {"c1"})
+        for _ in range(5):
+            cluster.hub.isolate("n2")
+            cluster.hub.heal()
+        cluster.leader = "n3"  # and a leader change on top, before the tick
+        # The adapter's own timer settles it, once.
+        await until(lambda: n2.losses["c1"] == 1)
+        assert n2.fanout.check_losses() == 0  # nothing left for a later tick
+        assert n2.losses["c1"] == 1
+        assert n2.fanout.stats.loss_signals == 1
+
+
+async def test_no_signal_before_the_leader_got_our_whole_interest_set() -> None:
+    """A re-check read must not overtake our interest: if the full set was
+    refused by a full queue on link-up, the signal waits for its resend."""
+    hub = InMemoryHub()
+    flaky = FullQueueTransport(hub, "n2")
+    hub._transports["n2"] = flaky
+    leader = hub.transport("n1")
+    buses = {"n1": LocalBus(), "n2": LocalBus()}
+    fanouts = {
+        name: ClusterFanout(
+            bus=buses[name],
+            transport=transport,
+            is_leader=lambda g, name=name: name == "n1",
+            leader_of=lambda g: "n1",
+            group_count=1,
+            resync_delay_s=0.05,
+            leader_check_s=3600,
+        )
+        for name, transport in (("n1", leader), ("n2", flaky))
+    }
+    for name, transport in (("n1", leader), ("n2", flaky)):
+        await fanouts[name].start()
+        await transport.start()
+    try:
+        losses: list[str] = []
+        buses["n2"].subscribe("c1", lambda event: None, on_loss=lambda: losses.append("c1"))
+        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})
+        hub.isolate("n2")
+        flaky.refuse = 2  # the full set sent on link-up is refused (the hub says "up" twice)
+        hub.heal()
+        assert fanouts["n1"].interest_of("n2") == frozenset()
+        assert fanouts["n2"].check_losses() == 0
+        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})  # the resend
+        assert fanouts["n2"].check_losses() == 1
+        assert losses == ["c1"]
+    finally:
+        for name, transport in (("n1", leader), ("n2", flaky)):
+            await fanouts[name].stop()
+            await transport.stop()

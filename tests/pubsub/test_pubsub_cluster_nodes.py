@@ -1,7 +1,9 @@
 """Four real nodes in one process (real sockets, peer transport, LevelDB):
 stream events reach subscribers on every node, whichever nodes host the
 conversation's group; withdrawn interest stops the leader; a dropped peer
-link re-announces interest when it comes back."""
+link re-announces interest when it comes back, and a websocket channel whose
+events were lost while that link was down gets a ``gap`` without waiting for
+the next event."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from fastpaca.cluster.placement import group_for_conversation
 from fastpaca.config import Settings
 from fastpaca.pubsub.bus import StreamEvent
 from fastpaca.pubsub.cluster_adapter import ClusterFanout
+from tests.stream.phoenix_client import PhoenixClient
+from tests.support.cluster_procs import metric
 from tests.support.ports import free_port
 
 GROUPS = 4
@@ -205,3 +209,56 @@ async def test_withdrawn_interest_and_a_restarted_link(nodes: list[RunningNode])
         await asyncio.sleep(0.05)
         assert leader.fanout.stats.events_forwarded == forwarded
         assert watcher.seqs(cid) == [1, 2]
+
+
+async def test_a_channel_gets_a_gap_for_events_lost_while_the_link_was_down(
+    nodes: list[RunningNode],
+) -> None:
+    cid = "stream-loss"
+    group = group_for_conversation(cid, GROUPS)
+    leader = leader_of(nodes, cid)
+    # The node without a replica of the group: it knows the leader only from
+    # the statuses, and cutting its link to the leader leaves the group's
+    # Raft traffic alone.
+    (outsider,) = [n for n in nodes if group not in n.node.driver.group_ids()]
+    outsider_id, leader_id = outsider.node.node_id, leader.node.node_id
+    assert outsider.node.cluster is not None and leader.node.cluster is not None
+    outsider_transport = outsider.node.cluster.transport
+    leader_transport = leader.node.cluster.transport
+    async with aiohttp.ClientSession() as session:
+        await session.put(f"{leader.url}/v1/conversations/{cid}", json={})
+        await append(session, leader.url, cid, "one")
+        ws = await session.ws_connect(
+            outsider.url.replace("http", "ws", 1) + "/socket/websocket?vsn=2.0.0"
+        )
+        client = PhoenixClient(ws)
+        _, reply = await client.join(f"conversation:{cid}")
+        assert reply.payload["response"]["last_seq"] == 1
+        await until(lambda: outsider_id in leader.fanout.interested_peers(cid))
+
+        # Cut the link both ways and keep it cut: neither end dials the other.
+        outsider_peers, leader_peers = outsider_transport.peers(), leader_transport.peers()
+        outsider_transport.set_peers({k: v for k, v in outsider_peers.items() if k != leader_id})
+        leader_transport.set_peers({k: v for k, v in leader_peers.items() if k != outsider_id})
+        await until(lambda: leader_id not in outsider_transport.connected_peers())
+        await until(lambda: outsider_id not in leader_transport.connected_peers())
+        forwarded = leader.fanout.stats.events_forwarded
+        assert await append(session, leader.url, cid, "two") == 2
+        assert await append(session, leader.url, cid, "three") == 3
+        assert leader.fanout.stats.events_forwarded == forwarded  # lost for the outsider
+        assert outsider.fanout.stats.loss_signals == 0
+
+        outsider_transport.set_peers(outsider_peers)
+        leader_transport.set_peers(leader_peers)
+        # No further append: the channel learns of the loss by itself.
+        gap = await client.recv(timeout_s=10)
+        assert (gap.event, gap.payload) == ("gap", {"type": "gap", "expected": 2, "actual": 4})
+        # (At least one: the cut may also have moved the leadership of the
+        # groups the outsider hosts, and a later leader change signals again.)
+        assert outsider.fanout.stats.loss_signals >= 1
+        # And the channel is live again from 4, with no second gap.
+        await append(session, leader.url, cid, "four")
+        message = await client.recv()
+        assert (message.event, message.payload["seq"]) == ("message", 4)
+        assert await metric(session, outsider.url, "fastpaca_pubsub_loss_signals_total") >= 1
+        await ws.close()
