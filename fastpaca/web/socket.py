@@ -32,7 +32,8 @@ the same for users):
   ``internal``, logged with its traceback, the subscription released. An
   error reply never closes the socket.
 - **Possible loss**: when the pub/sub adapter signals that events may have
-  been lost (Redis came back after the subscriber connection dropped), a
+  been lost (Redis came back after the subscriber connection dropped; the
+  link to the group's leader dropped and came back, or the leader changed), a
   live channel re-reads ``last_seq`` and pushes a ``gap`` up to it if it
   moved; a channel still catching up re-reads the store before going live.
 - **Live order**: the channel tracks the next seq it expects. A duplicate is
