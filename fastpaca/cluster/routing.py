@@ -143,7 +143,7 @@ class RoutedConversations:
     ) -> ConversationApplied:
         return await self._route(
             conversation_id,
-            lambda: self._local.upsert(conversation_id, metadata),
+            lambda remaining: self._local.upsert(conversation_id, metadata, timeout_s=remaining),
             "upsert",
             {"m": metadata},
             decode_applied,
@@ -152,7 +152,7 @@ class RoutedConversations:
     async def tombstone(self, conversation_id: str) -> None:
         await self._route(
             conversation_id,
-            lambda: self._local.tombstone(conversation_id),
+            lambda remaining: self._local.tombstone(conversation_id, timeout_s=remaining),
             "tombstone",
             {},
             lambda _: None,
@@ -173,9 +173,9 @@ class RoutedConversations:
         args = {"m": message_args(list(messages)), "b": is_batch, "v": if_version, "k": key}
         result = await self._route(
             conversation_id,
-            lambda: self._local.append(
+            lambda remaining: self._local.append(
                 conversation_id, messages, is_batch=is_batch, if_version=if_version,
-                idempotency_key=key,
+                idempotency_key=key, timeout_s=remaining,
             ),
             "append",
             args,
@@ -187,13 +187,19 @@ class RoutedConversations:
 
     async def get(self, conversation_id: str) -> ConversationView:
         return await self._route(
-            conversation_id, lambda: self._local.get(conversation_id), "get", {}, decode_view
+            conversation_id,
+            lambda remaining: _bounded(remaining, self._local.get(conversation_id)),
+            "get",
+            {},
+            decode_view,
         )
 
     async def tail(self, conversation_id: str, *, limit: int, offset: int) -> list[StoredMessage]:
         return await self._route(
             conversation_id,
-            lambda: self._local.tail(conversation_id, limit=limit, offset=offset),
+            lambda remaining: _bounded(
+                remaining, self._local.tail(conversation_id, limit=limit, offset=offset)
+            ),
             "tail",
             {"l": limit, "o": offset},
             decode_messages,
@@ -204,7 +210,9 @@ class RoutedConversations:
     ) -> list[StoredMessage]:
         return await self._route(
             conversation_id,
-            lambda: self._local.replay(conversation_id, from_seq=from_seq, limit=limit),
+            lambda remaining: _bounded(
+                remaining, self._local.replay(conversation_id, from_seq=from_seq, limit=limit)
+            ),
             "replay",
             {"f": from_seq, "l": limit},
             decode_messages,
@@ -213,11 +221,14 @@ class RoutedConversations:
     async def _route(
         self,
         conversation_id: str,
-        local: Callable[[], Awaitable[T]],
+        local: Callable[[float], Awaitable[T]],
         op: str,
         args: dict[str, Any],
         decode: Callable[[bytes], T],
     ) -> T:
+        """Run the operation at the group's leader, retrying until the
+        request deadline. ``local(remaining_s)`` runs it here and must end
+        (``Unavailable`` or ``TimeoutError``) once ``remaining_s`` passed."""
         group_id = self.group_of(conversation_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
@@ -231,8 +242,7 @@ class RoutedConversations:
             hint = None
             try:
                 if target == self._node_id:
-                    async with asyncio.timeout(remaining):
-                        return await local()
+                    return await local(remaining)
                 if target is not None:
                     self.stats.forwarded += 1
                     request = ForwardedOp(
@@ -294,8 +304,7 @@ class ForwardHandler:
         op = decode_op(payload)
         self._stats.served_for_peers += 1
         try:
-            async with asyncio.timeout(op.timeout_ms / 1000):
-                return await self._run(op)
+            return await self._run(op)
         except Exception as exc:
             remote = error_to_remote(exc)
             if remote is None:
@@ -303,24 +312,37 @@ class ForwardHandler:
             raise remote from None
 
     async def _run(self, op: ForwardedOp) -> bytes:
+        """Writes take the caller's remaining time as their own deadline;
+        reads are bounded by it from outside."""
         local, cid, args = self._local, op.conversation_id, op.args
+        timeout_s = op.timeout_ms / 1000
         match op.op:
             case "upsert":
-                return encode_applied(await local.upsert(cid, args["m"]))
+                return encode_applied(await local.upsert(cid, args["m"], timeout_s=timeout_s))
             case "tombstone":
-                await local.tombstone(cid)
+                await local.tombstone(cid, timeout_s=timeout_s)
                 return b""
             case "append":
                 result = await local.append(
                     cid, messages_from_args(args["m"]), is_batch=args["b"],
-                    if_version=args["v"], idempotency_key=args["k"],
+                    if_version=args["v"], idempotency_key=args["k"], timeout_s=timeout_s,
                 )  # fmt: skip
                 return encode_append(result)
             case "get":
-                return encode_view(await local.get(cid))
+                return encode_view(await _bounded(timeout_s, local.get(cid)))
             case "tail":
-                return encode_messages(await local.tail(cid, limit=args["l"], offset=args["o"]))
+                page = await _bounded(timeout_s, local.tail(cid, limit=args["l"], offset=args["o"]))
+                return encode_messages(page)
             case "replay":
-                messages = await local.replay(cid, from_seq=args["f"], limit=args["l"])
+                messages = await _bounded(
+                    timeout_s, local.replay(cid, from_seq=args["f"], limit=args["l"])
+                )
                 return encode_messages(messages)
         raise RemoteError("bad_request", f"unknown operation {op.op!r}")
+
+
+async def _bounded(timeout_s: float, operation: Awaitable[T]) -> T:
+    """``operation``, cancelled with ``TimeoutError`` after ``timeout_s``
+    (reads: the runtime's read barrier has no deadline parameter)."""
+    async with asyncio.timeout(timeout_s):
+        return await operation

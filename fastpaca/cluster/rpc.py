@@ -59,6 +59,11 @@ class _Pending:
     future: asyncio.Future[bytes]
 
 
+def _expire(future: asyncio.Future[bytes], method: str, peer: str, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(RpcTimeout(f"{method} on {peer}: no reply within {timeout_s:.1f}s"))
+
+
 class RpcEndpoint:
     def __init__(self, transport: Transport, *, max_concurrent_requests: int = 1024) -> None:
         self._transport = transport
@@ -81,16 +86,18 @@ class RpcEndpoint:
         self._next_call_id += 1
         name = method.encode()
         frame = _HEADER.pack(_REQUEST, call_id) + bytes([len(name)]) + name + payload
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        if not self._transport.send(peer, Channel.RPC, frame):
+            raise PeerUnavailable(f"{peer} is not connected")
         self._pending[call_id] = _Pending(peer, future)
+        # A plain timer failing the future, not ``asyncio.timeout``: this runs
+        # for most appends in a cluster, and the timer costs a fifth as much.
+        timer = loop.call_later(timeout_s, _expire, future, method, peer, timeout_s)
         try:
-            if not self._transport.send(peer, Channel.RPC, frame):
-                raise PeerUnavailable(f"{peer} is not connected")
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            raise RpcTimeout(f"{method} on {peer}: no reply within {timeout_s:.1f}s") from None
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(call_id, None)
 
     async def close(self) -> None:

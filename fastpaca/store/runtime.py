@@ -131,21 +131,25 @@ class ConversationRuntime:
         return group_for_conversation(conversation_id, self._group_count)
 
     async def upsert(
-        self, conversation_id: str, metadata: dict[str, Any] | None
+        self,
+        conversation_id: str,
+        metadata: dict[str, Any] | None,
+        *,
+        timeout_s: float | None = None,
     ) -> ConversationApplied:
         """Create, or update (metadata given: replaced; omitted: kept)."""
         meta = None if metadata is None else orjson.dumps(metadata)
         command = UpsertConversation(
             conversation_id=conversation_id, metadata_json=meta, now_ms=self._clock_ms()
         )
-        result = await self._propose(conversation_id, command)
+        result = await self._propose(conversation_id, command, timeout_s)
         if not isinstance(result, ConversationApplied):
             raise InvariantViolation(f"upsert answered with {result!r}")
         return result
 
-    async def tombstone(self, conversation_id: str) -> None:
+    async def tombstone(self, conversation_id: str, *, timeout_s: float | None = None) -> None:
         command = TombstoneConversation(conversation_id=conversation_id, now_ms=self._clock_ms())
-        result = await self._propose(conversation_id, command)
+        result = await self._propose(conversation_id, command, timeout_s)
         if not isinstance(result, TombstoneApplied):
             raise InvariantViolation(f"tombstone answered with {result!r}")
         _log.info(
@@ -161,7 +165,12 @@ class ConversationRuntime:
         is_batch: bool,
         if_version: int | None = None,
         idempotency_key: str | None = None,
+        timeout_s: float | None = None,
     ) -> AppendApplied:
+        """``timeout_s`` (default: the request timeout) bounds the whole call,
+        retries included; past it, ``Unavailable``. A caller with its own
+        deadline passes what is left of it rather than wrapping the call in
+        ``asyncio.timeout`` (a timer and a cancellation per append)."""
         command, prepared = build_append(
             conversation_id,
             messages,
@@ -170,7 +179,7 @@ class ConversationRuntime:
             if_version=if_version,
             idempotency_key=idempotency_key,
         )
-        result = await self._propose(conversation_id, command)
+        result = await self._propose(conversation_id, command, timeout_s)
         if not isinstance(result, AppendApplied):
             raise InvariantViolation(f"append answered with {result!r}")
         if not result.deduped and self._observer is not None:
@@ -267,11 +276,13 @@ class ConversationRuntime:
             except ProposalTimeout as exc:
                 raise Unavailable(f"read of group {group_id} timed out") from exc
 
-    async def _propose(self, conversation_id: str, command: Command) -> Any:
+    async def _propose(
+        self, conversation_id: str, command: Command, timeout_s: float | None = None
+    ) -> Any:
         group_id = self.group_of(conversation_id)
         data = encode_command(command)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        deadline = loop.time() + (self._timeout_s if timeout_s is None else timeout_s)
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -4,16 +4,25 @@ shows its own deduplicated retry as the original reply."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 
-from fastpaca.cluster.forward_codec import decode_op, encode_append
-from fastpaca.cluster.routing import RoutedConversations
+from fastpaca.cluster.forward_codec import (
+    ForwardedOp,
+    decode_op,
+    encode_append,
+    encode_op,
+    message_args,
+)
+from fastpaca.cluster.routing import ForwardHandler, RoutedConversations, RoutingStats
 from fastpaca.cluster.rpc import PeerUnavailable, RemoteError, RpcEndpoint, RpcTimeout
-from fastpaca.errors import ConversationNotFound, Unavailable
+from fastpaca.errors import ConversationNotFound, ProposalTimeout, Unavailable
 from fastpaca.store.messages import NewMessage
+from fastpaca.store.reads import StoreReader
 from fastpaca.store.results import AppendApplied, AppendedItem
 from fastpaca.store.runtime import ConversationRuntime
 
@@ -148,3 +157,63 @@ async def test_a_hint_naming_an_unreachable_node_backs_off() -> None:
     with pytest.raises(Unavailable):
         await router(peers, Directory(None), timeout_s=0.3).get("c")
     assert 2 <= len(peers.calls) <= 10, len(peers.calls)
+
+
+class SilentEngine:
+    """A leader whose proposals never commit: each ends, like the driver's,
+    with ``ProposalTimeout`` once the ``timeout_s`` it was given ran out."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    async def propose(self, group_id: int, data: bytes, *, timeout_s: float) -> Any:
+        self.timeouts.append(timeout_s)
+        await asyncio.sleep(timeout_s)
+        raise ProposalTimeout(f"group {group_id}: not committed in time")
+
+    async def read_barrier(self, group_id: int, *, timeout_s: float) -> None:
+        await asyncio.sleep(3600)  # reads are bounded from outside
+
+
+def silent_runtime(engine: SilentEngine) -> ConversationRuntime:
+    return ConversationRuntime(
+        engine=engine,
+        reader=cast(StoreReader, object()),
+        group_count=8,
+        request_timeout_s=30.0,  # far longer than the deadlines below
+    )
+
+
+async def test_a_local_append_ends_at_the_request_deadline() -> None:
+    engine = SilentEngine()
+    routed = RoutedConversations(
+        node_id="n1",
+        local=silent_runtime(engine),
+        rpc=cast(RpcEndpoint, ScriptedPeers([])),
+        directory=Directory("n1"),
+        connected_peers=lambda: frozenset({"n2", "n3"}),
+        group_count=8,
+        request_timeout_s=0.3,
+    )
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await routed.append("c", MESSAGE, is_batch=False)
+    assert time.monotonic() - started < 2.0
+    assert engine.timeouts and max(engine.timeouts) <= 0.3
+
+
+async def test_a_served_append_and_read_end_within_the_callers_time() -> None:
+    engine = SilentEngine()
+    handler = ForwardHandler(silent_runtime(engine), RoutingStats())
+    append = ForwardedOp(
+        op="append", conversation_id="c", timeout_ms=200,
+        args={"m": message_args(MESSAGE), "b": False, "v": None, "k": "key-1"},
+    )  # fmt: skip
+    read = ForwardedOp(op="get", conversation_id="c", timeout_ms=200, args={})
+    for op in (append, read):
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as raised:
+            await handler.handle("n2", encode_op(op))
+        assert raised.value.code == "unavailable"
+        assert time.monotonic() - started < 2.0
+    assert engine.timeouts and max(engine.timeouts) <= 0.2
