@@ -10,6 +10,8 @@ IO.
 
 from __future__ import annotations
 
+from typing import Final
+
 from fastpaca.errors import InvariantViolation
 from fastpaca.raft.messages import Message, MessageType, ReadState, SnapshotMeta
 from fastpaca.raft.node_state import NodeState
@@ -17,6 +19,18 @@ from fastpaca.raft.progress import Progress, ProgressState
 from fastpaca.raft.storage import CompactedError
 
 __all__ = ["ReplicationMixin"]
+
+
+COMMIT_ONLY: Final = b"commit"
+"""Context of an empty APPEND sent only to carry a new commit index to a
+follower in REPLICATE state. Accepted, it needs no APPEND_RESP: everything up
+to its ``index`` was sent before and is acknowledged by the answers to those
+entries, and an empty APPEND adds nothing in flight. Those answers were two
+of the eight messages an append costs in a 3-replica group. A follower that
+rejects it still answers (it lost entries: the leader must probe), and an
+acknowledgement of entries lost on the way is still repaired (a heartbeat
+answer showing ``match < last index`` gets an ordinary, answered APPEND).
+Followers that predate this ignore the context and answer as before."""
 
 
 class ReplicationMixin(NodeState):
@@ -74,7 +88,8 @@ class ReplicationMixin(NodeState):
             return
         last_new = self._log.maybe_append(msg.index, msg.log_term, msg.commit, msg.entries)
         if last_new is not None:
-            self._send(MessageType.APPEND_RESP, msg.sender, index=last_new)
+            if msg.entries or msg.context != COMMIT_ONLY:
+                self._send(MessageType.APPEND_RESP, msg.sender, index=last_new)
             return
         # Reject with a hint: the largest index whose term is <= the leader's
         # log_term, so the leader can skip a whole conflicting term at once.
@@ -196,8 +211,13 @@ class ReplicationMixin(NodeState):
                 self._start_read(read)
         return True
 
-    def _maybe_send_append(self, to: str, *, send_if_empty: bool = True) -> bool:
-        """Send ``to`` the entries it lacks (or a snapshot); False if nothing went."""
+    def _maybe_send_append(
+        self, to: str, *, send_if_empty: bool = True, commit_only: bool = False
+    ) -> bool:
+        """Send ``to`` the entries it lacks (or a snapshot); False if nothing
+        went. ``commit_only``: the APPEND is sent to tell the commit index, so
+        if it goes out empty to a follower we replicate to, it asks for no
+        answer (``COMMIT_ONLY``)."""
         progress = self._tracker.progress[to]
         if progress.is_paused():
             return False
@@ -210,6 +230,12 @@ class ReplicationMixin(NodeState):
             return self._maybe_send_snapshot(to, progress)
         if not entries and not send_if_empty:
             return False
+        quiet = (
+            commit_only
+            and not entries
+            and progress.state is ProgressState.REPLICATE
+            and self._lead_transferee is None
+        )
         self._send(
             MessageType.APPEND,
             to,
@@ -217,6 +243,7 @@ class ReplicationMixin(NodeState):
             log_term=prev_term,
             entries=tuple(entries),
             commit=self._log.committed,
+            context=COMMIT_ONLY if quiet else b"",
         )
         progress.sent_entries(entries[-1].index if entries else None)
         return True
@@ -232,9 +259,11 @@ class ReplicationMixin(NodeState):
         return True
 
     def _broadcast_append(self, *, send_if_empty: bool) -> None:
+        """Entries to every follower; ``send_if_empty``: the commit index moved,
+        so an APPEND goes even to followers with nothing new (commit-only)."""
         for node_id in self._tracker.progress:
             if node_id != self._id and self._maybe_send_append(
-                node_id, send_if_empty=send_if_empty
+                node_id, send_if_empty=send_if_empty, commit_only=send_if_empty
             ):
                 # Several APPENDs when max_msg_bytes splits the batch, up to
                 # the inflight window (pipelining).

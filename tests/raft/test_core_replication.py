@@ -10,6 +10,7 @@ from fastpaca.errors import NotLeader, ProposalDropped
 from fastpaca.raft.messages import Message, MessageType
 from fastpaca.raft.progress import ProgressState
 from fastpaca.raft.ready import Role
+from fastpaca.raft.replication import COMMIT_ONLY
 from tests.raft.harness import GROUP_ID, Network
 
 
@@ -349,3 +350,48 @@ def test_heartbeats_keep_the_phase_of_the_tick_count_not_of_the_election() -> No
         if net.take(MessageType.HEARTBEAT):
             beats_at.append(tick)
     assert beats_at == [3, 6, 9]  # with every other leader of the host ticked alike
+
+
+def test_an_accepted_commit_only_append_is_not_answered() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net["a"].propose(b"x")
+    net.process_ready("a")
+    net.deliver()  # the entry reaches b and c
+    net.process_all()
+    net.deliver()  # their acks commit it on a
+    rd = net.process_ready("a")
+    assert rd is not None
+    commit_only = appends(rd.messages)
+    assert len(commit_only) == 2
+    assert all(m.context == COMMIT_ONLY and not m.entries for m in commit_only)
+    net.deliver()
+    for follower in ("b", "c"):
+        rd = net.process_ready(follower)
+        assert rd is not None and not rd.messages
+        assert net.applied_data(follower) == [b"x"]
+    assert not net.queue
+
+
+def test_a_commit_only_append_that_does_not_match_is_answered_and_repaired() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.filter = lambda m: m.to == "c" and m.type is MessageType.APPEND and bool(m.entries)
+    net["a"].propose(b"x")
+    net.stabilize()  # committed with b; c got only the commit-only APPEND
+    net.filter = None
+    net.tick()  # heartbeat round (interval 1): c is found behind and caught up
+    assert net.applied_data("c") == [b"x"]
+
+
+def test_a_lost_acknowledgement_is_repaired_by_the_heartbeat_round() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    net.filter = lambda m: m.sender == "b" and m.type is MessageType.APPEND_RESP
+    net["a"].propose(b"x")
+    net.stabilize()  # committed with c; b holds x but its ack was lost
+    net.filter = None
+    progress = net["a"].progress("b")
+    assert progress is not None and progress.match < net["a"].last_index
+    net.tick()  # a heartbeat round: b's answer shows it behind, an answered APPEND follows
+    assert progress.match == net["a"].last_index
