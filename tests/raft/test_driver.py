@@ -4,6 +4,7 @@ in-memory transport in one event loop, small ticks so elections take ~100 ms."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -160,6 +161,38 @@ async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
     await asyncio.gather(first, second)
     assert synced_when_released == [synced_before + 1]
     await driver.stop()
+
+
+class _PolicyKV(MemoryKV):
+    """Records the scheduling policy of the thread each fsync'd write runs in
+    (an apply pass's unsynced write runs inline, in the loop's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policies: set[int] = set()
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        if sync:
+            self.policies.add(os.sched_getscheduler(0))
+        super().write(batch, sync=sync)
+
+
+async def test_writes_run_in_a_batch_scheduled_thread() -> None:
+    hub = InMemoryHub()
+    kv = _PolicyKV()
+    transport = hub.transport("n1")
+    driver = RaftDriver(
+        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
+    )
+    await transport.start()
+    await driver.start()
+    try:
+        driver.ensure_group(1, ["n1"])
+        await wait_for(lambda: driver.is_leader(1))
+        await driver.propose(1, put_command(b"k", b"v"), timeout_s=2)
+    finally:
+        await driver.stop()
+    assert kv.policies == {os.SCHED_BATCH}
 
 
 async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> None:
