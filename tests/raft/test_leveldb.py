@@ -311,3 +311,19 @@ def test_cache_budget_drops_the_least_recently_appended_group_first(kv: LevelDBK
     assert len(storages[2]._cache) == 10
     # Evicted or not, every read still answers (from LevelDB).
     assert storages[0].entries(1, 11) == _entries(1, 10, term=1, size=100)
+
+
+def test_tails_warmed_on_open_count_against_the_budget(kv: LevelDBKV) -> None:
+    # A restart opens every group and warms its newest entries; without the
+    # budget those caches were unbounded in total (one per group).
+    for g in range(4):  # 1,000 bytes of entries in each group's log
+        storage = LevelDBStorage.open(kv, g)
+        _write(
+            kv, storage, lambda b, s=storage: s.stage_append(b, _entries(1, 10, term=1, size=100))
+        )
+    budget = CacheBudget(max_bytes=2500)
+    reopened = [LevelDBStorage.open(kv, g, budget=budget) for g in range(4)]
+    assert budget.total_bytes <= 2500
+    assert sum(s._cache_bytes for s in reopened) == budget.total_bytes
+    assert reopened[0]._cache == []  # the first opened is evicted first
+    assert reopened[0].entries(1, 11) == _entries(1, 10, term=1, size=100)
