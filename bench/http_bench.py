@@ -217,28 +217,38 @@ def main() -> None:
     kinds = args.servers.split(",")
     results: dict[tuple[str, int], dict[str, float]] = {}
     for kind in kinds:
-        with (
-            tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp,
-            server(kind, Path(tmp)) as (port, pid),
-        ):
-            if kind == "fastpaca":
-                asyncio.run(await_ready(port))
-            asyncio.run(create_conversations(port, args.conversations, "bench"))
-            for append_pct in (100, 80):
-                result = run_wrk(port, seconds=args.seconds, connections=args.connections,
-                                 append_pct=append_pct, conversations=args.conversations,
-                                 prefix="bench")  # fmt: skip
-                results[(kind, append_pct)] = result
-                print(f"{kind:9s} {append_pct:3d}% appends: {fmt(result, rss_mb(pid))}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+            with server(kind, Path(tmp)) as (port, pid):
+                if kind == "fastpaca":
+                    asyncio.run(await_ready(port))
+                asyncio.run(create_conversations(port, args.conversations, "bench"))
+                for append_pct in (100, 80):
+                    result = run_wrk(port, seconds=args.seconds, connections=args.connections,
+                                     append_pct=append_pct, conversations=args.conversations,
+                                     prefix="bench")  # fmt: skip
+                    results[(kind, append_pct)] = result
+                    print(f"{kind:9s} {append_pct:3d}% appends: {fmt(result, rss_mb(pid))}",
+                          flush=True)  # fmt: skip
+                if kind == "fastpaca" and args.messages:
+                    elapsed = asyncio.run(
+                        load_messages(port, messages=args.messages, conversations=10_000, batch=100)
+                    )
+                    print(
+                        f"fastpaca  loaded {args.messages} messages over 10000 conversations in"
+                        f" {elapsed:.1f} s ({args.messages / elapsed:.0f} msg/s):"
+                        f" rss {rss_mb(pid):.1f} MB",
+                        flush=True,
+                    )
+                    os.kill(pid, signal.SIGKILL)  # the restart below starts from a crash
             if kind == "fastpaca" and args.messages:
-                elapsed = asyncio.run(
-                    load_messages(port, messages=args.messages, conversations=10_000, batch=100)
-                )
-                print(
-                    f"fastpaca  loaded {args.messages} messages over 10000 conversations in {elapsed:.1f} s"
-                    f" ({args.messages / elapsed:.0f} msg/s): rss {rss_mb(pid):.1f} MB",
-                    flush=True,
-                )
+                started = time.monotonic()
+                with server(kind, Path(tmp)) as (port, pid):
+                    asyncio.run(await_ready(port, timeout_s=120))
+                    print(
+                        f"fastpaca  restart after kill -9 with those messages stored: ready in"
+                        f" {time.monotonic() - started:.1f} s, rss {rss_mb(pid):.1f} MB",
+                        flush=True,
+                    )
     if "fastpaca" in kinds:
         for other in ("bare", "redis"):
             if other in kinds:
