@@ -323,9 +323,13 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     # --- Ready / advance --------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        return bool(self._messages) or self._has_work_besides_messages()
+
+    def _has_work_besides_messages(self) -> bool:
+        """Anything a Ready would hold other than outbound messages: state
+        to persist, entries to apply, sends to build, reads or role changes."""
         return bool(
-            self._messages
-            or self._read_states
+            self._read_states
             or self._entries_to_broadcast
             or self._commit_to_broadcast
             or self._read_heartbeat_pending
@@ -341,17 +345,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         ``advance()`` of that Ready, which would be a no-op, minus building
         it. None otherwise (then use ``has_ready``/``ready``). The idle path:
         heartbeats and their answers take it."""
-        if (
-            not self._messages
-            or self._read_states
-            or self._entries_to_broadcast
-            or self._commit_to_broadcast
-            or self._read_heartbeat_pending
-            or self._log.has_next_unstable()
-            or self._log.has_next_committed()
-            or self._soft_state_changed()
-            or self._hard_state_changed()
-        ):
+        if not self._messages or self._has_work_besides_messages():
             return None
         messages, self._messages = self._messages, []
         return messages
