@@ -4,10 +4,11 @@ and LevelDB, HTTP helpers, and a Postgres reader for assertions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -110,6 +111,21 @@ async def poll(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0)
         if loop.time() > deadline:
             raise AssertionError(f"condition not met in {timeout_s} s")
         await asyncio.sleep(0.02)
+
+
+async def archive_caught_up(
+    session: aiohttp.ClientSession, base_url: str, conversation_ids: Iterable[str]
+) -> bool:
+    """Whether every conversation reads back (200) with ``archived_seq == last_seq``
+    through the node at ``base_url``; a poll predicate for ``poll``."""
+    for conversation_id in conversation_ids:
+        reply = await session.get(f"{base_url}/v1/conversations/{conversation_id}")
+        if reply.status != 200:
+            return False
+        record = await reply.json()
+        if record["archived_seq"] != record["last_seq"]:
+            return False
+    return True
 
 
 async def pg_rows(url: str, conversation_id: str | None = None) -> list[asyncpg.Record]:

@@ -10,7 +10,7 @@ import itertools
 from pathlib import Path
 
 import aiohttp
-from archive_harness import metric_value, pg_rows, poll
+from archive_harness import archive_caught_up, metric_value, pg_rows, poll
 
 from tests.support.cluster_procs import LocalCluster, history, message
 from tests.support.postgres import PostgresServer
@@ -75,17 +75,9 @@ async def test_killing_the_archiving_node_loses_nothing_from_the_archive(
             stop.set()
             await appender
 
-            async def all_archived() -> bool:
-                for cid in CONVERSATIONS:
-                    reply = await session.get(f"{survivors[0].url}/v1/conversations/{cid}")
-                    if reply.status != 200:
-                        return False
-                    record = await reply.json()
-                    if record["archived_seq"] != record["last_seq"]:
-                        return False
-                return True
-
-            await poll(all_archived, timeout_s=30)
+            await poll(
+                lambda: archive_caught_up(session, survivors[0].url, CONVERSATIONS), timeout_s=30
+            )
             for cid in CONVERSATIONS:
                 reply = await session.get(f"{survivors[0].url}/v1/conversations/{cid}")
                 last_seq = (await reply.json())["last_seq"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from archive_harness import metric_value, pg_rows, poll
+from archive_harness import archive_caught_up, metric_value, pg_rows, poll
 
 from tests.support.cluster_procs import ClusterNodeProcess, history, message, wait_ready
 from tests.support.ports import free_port
@@ -76,15 +76,7 @@ async def test_kill_9_mid_archive_loses_nothing_from_the_archive(
             node.start(env)
             await wait_ready(node)
 
-            async def all_archived() -> bool:
-                for cid in CONVERSATIONS:
-                    reply = await session.get(f"{node.url}/v1/conversations/{cid}")
-                    record = await reply.json()
-                    if record["archived_seq"] != record["last_seq"]:
-                        return False
-                return True
-
-            await poll(all_archived, timeout_s=30)
+            await poll(lambda: archive_caught_up(session, node.url, CONVERSATIONS), timeout_s=30)
             for cid in CONVERSATIONS:
                 reply = await session.get(f"{node.url}/v1/conversations/{cid}")
                 last_seq = (await reply.json())["last_seq"]
