@@ -116,6 +116,7 @@ def create_app(
             state_machine=fsm,
             transport=transport,
             config=driver_config or _driver_config(settings),
+            on_written=effects.release,  # effects only of durable applies
         )
 
         def make_runtime(engine: RaftEngine) -> ConversationRuntime:

@@ -59,6 +59,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             raise ValueError("election timeout must exceed the heartbeat interval")
         self._config = config
         self._id = config.node_id
+        self._only_me = frozenset((self._id,))
         self._group_id = config.group_id
         self._rng = rng
         hard_state, conf_state = storage.initial_state()
@@ -353,20 +354,34 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     def ready(self) -> Ready:
         self._flush_batched_sends()
         rd = Ready(group_id=self._group_id)
+        rd.snapshot = self._log.next_unstable_snapshot()
+        rd.entries = self._log.next_unstable_entries()
+        if rd.entries and self._role is _LEADER and self._tracker.voters == self._only_me:
+            self._commit_with_own_write(rd.entries[-1])
         if self._soft_state_changed():
             rd.soft_state = self._prev_soft = self._soft_state()
         if self._hard_state_changed():
             hard = self._hard_state()
             rd.must_sync = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
             rd.hard_state = self._prev_hard = hard
-        rd.snapshot = self._log.next_unstable_snapshot()
-        rd.entries = self._log.next_unstable_entries()
         if rd.entries or rd.snapshot is not None:
             rd.must_sync = True
         rd.committed_entries = self._log.next_committed_entries(_MAX_APPLY_BYTES)
         rd.messages, self._messages = self._messages, []
         rd.read_states, self._read_states = self._read_states, []
         return rd
+
+    def _commit_with_own_write(self, last: Entry) -> None:
+        """Leader and only voter: the write that makes ``last`` durable is the
+        whole quorum, so it commits there. Counting the leader's own copy
+        before it is durable is safe only because the IO layer writes the
+        entries, their apply and the commit index in one atomic batch and
+        releases no result or effect before that write: either all of it
+        survives a crash or none of it, and nobody learned of it. It saves
+        the second Ready (and write) per group that applying after the
+        write would cost, i.e. about half the work of a node alone."""
+        self._tracker.progress[self._id].maybe_update(last.index)
+        self._maybe_commit()
 
     def _flush_batched_sends(self) -> None:
         """Leader: one APPEND per follower for everything proposed since the

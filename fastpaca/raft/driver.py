@@ -81,8 +81,13 @@ class RaftDriver:
         transport: Transport,
         config: DriverConfig = DriverConfig(),
         rng_seed: int | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
+        """``on_written`` is called after every iteration whose write
+        succeeded, before any proposal it settled is resolved: whatever the
+        state machine's applies in it caused may be released then."""
         self._node_id = node_id
+        self._on_written = on_written
         self._transport = transport
         self._config = config
         template = RaftConfig(
@@ -365,12 +370,15 @@ class RaftDriver:
     async def _iterate(self) -> None:
         await self._iterate_once(apply_pass=False)
         if self._host.has_apply_due():
-            # Entries this write made durable are committed already (always
-            # so when this node is the group's only voter): apply them and
-            # release their results now, in a pass that takes no new input,
-            # instead of one whole iteration (and its fsync) later. Usually
-            # no fsync here: commit index and state-machine writes only; a
-            # crash before this write re-applies them from the durable log.
+            # Entries this write made durable are committed already (a
+            # leader whose own copy completed the quorum, its followers
+            # having answered first): apply them and release their results
+            # now, in a pass that takes no new input, instead of one whole
+            # iteration (and its fsync) later. Usually no fsync here: commit
+            # index and state-machine writes only; a crash before this write
+            # re-applies them from the durable log. (A group whose only voter
+            # is this node needs no such pass: its entries commit and apply
+            # in the write that persists them, see ``RaftNode.ready``.)
             await self._iterate_once(apply_pass=True)
 
     async def _iterate_once(self, *, apply_pass: bool) -> None:
@@ -394,6 +402,8 @@ class RaftDriver:
         result = self._host.finish(iteration)
         for peer in sorted(set(unreachable)):
             self._host.peer_unreachable(peer)
+        if self._on_written is not None:
+            self._on_written()
         self._resolve(result)
 
     def _send(self, frames: dict[str, bytes], message_counts: dict[str, int]) -> list[str]:

@@ -41,20 +41,37 @@ EffectSink = Callable[[int, Sequence[Effect]], None]
 
 
 class EffectHub:
-    """The state machine's ``EffectSink``: hands each apply's effects to every
-    listener (pub/sub, archive). Listeners must not block: they run inside the
-    Raft driver's iteration. A failing listener is logged, never propagated,
-    so it cannot stop the apply path."""
+    """The state machine's ``EffectSink``. It holds each apply's effects until
+    the Raft driver reports the write holding that apply durable
+    (``release``), then hands them to every listener (pub/sub, archive), in
+    apply order. Holding them matters because an apply can share its write
+    with the entries it applies (a node alone commits an entry by its own
+    write): no subscriber may see a message a crash could still take back.
+
+    Listeners must not block: they run inside the Raft driver's iteration. A
+    failing listener is logged, never propagated, so it cannot stop the
+    apply path."""
 
     def __init__(self) -> None:
         self._listeners: list[EffectSink] = []
+        self._held: list[tuple[int, Sequence[Effect]]] = []
 
     def add_listener(self, listener: EffectSink) -> None:
         self._listeners.append(listener)
 
     def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
-        for listener in self._listeners:
-            try:
-                listener(group_id, effects)
-            except Exception:
-                _log.exception("effect listener failed", extra={"type": "effects.listener_error"})
+        self._held.append((group_id, effects))
+
+    def release(self) -> None:
+        """Everything applied so far is durable: deliver it."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        for group_id, effects in held:
+            for listener in self._listeners:
+                try:
+                    listener(group_id, effects)
+                except Exception:
+                    _log.exception(
+                        "effect listener failed", extra={"type": "effects.listener_error"}
+                    )

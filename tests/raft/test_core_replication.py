@@ -161,18 +161,39 @@ def test_leader_counts_its_own_entry_only_after_persisting_it() -> None:
     assert net["a"].commit_index == index
 
 
-def test_single_voter_commits_only_after_advance() -> None:
+def test_single_voter_commits_in_the_ready_that_persists_the_entry() -> None:
+    """The only voter's own write is the quorum: one Ready carries the entry
+    to persist, the same entry to apply and the new commit index, so the IO
+    layer writes all three in one atomic batch (and needs no second Ready)."""
     net = Network(["a"])
     net.elect("a")
     index, _ = net["a"].propose(b"v")
     rd = net["a"].ready()
-    assert not rd.committed_entries and net["a"].commit_index < index
-    net.replicas["a"].storage.append(rd.entries)
-    net["a"].advance(rd)
-    rd = net["a"].ready()
+    assert [e.index for e in rd.entries] == [index]
     assert [e.index for e in rd.committed_entries] == [index]
     assert rd.hard_state is not None and rd.hard_state.commit == index
-    assert not rd.must_sync, "a commit-only change needs no fsync"
+    assert rd.must_sync
+    net.replicas["a"].storage.append(rd.entries)
+    net["a"].advance(rd)
+    assert net["a"].applied_index == index
+    assert not net["a"].has_ready(), "nothing left: no second Ready, no commit broadcast"
+
+
+def test_single_voter_with_a_learner_still_commits_alone_and_replicates() -> None:
+    net = Network(["a"], learners=["b"])
+    net.elect("a")
+    index, _ = net["a"].propose(b"v")
+    rd = net["a"].ready()
+    assert [e.index for e in rd.committed_entries] == [index]  # b does not vote
+    assert any(m.to == "b" and m.entries for m in rd.messages)
+
+
+def test_a_leader_with_followers_commits_only_after_a_quorum_has_it() -> None:
+    net = Network(["a", "b", "c"])
+    net.elect("a")
+    index, _ = net["a"].propose(b"v")
+    rd = net["a"].ready()
+    assert not rd.committed_entries and net["a"].commit_index < index
 
 
 def test_follower_applies_entries_persisted_in_the_same_ready() -> None:

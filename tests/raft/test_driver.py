@@ -406,6 +406,43 @@ async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
     await driver.stop()
 
 
+async def test_on_written_runs_after_each_good_write_before_its_results_are_released() -> None:
+    """The hook that releases a state machine's effects: called once the
+    write holding an apply is done, before the proposer is settled, and
+    never for a write that failed."""
+    hub = InMemoryHub()
+    kv = _FailingKV()
+    sm = KVStateMachine(kv)
+    transport = hub.transport("n1")
+    seen: list[tuple[bytes | None, int]] = []  # per call: (durable value, proposals unsettled)
+    driver: RaftDriver | None = None
+
+    def on_written() -> None:
+        assert driver is not None
+        seen.append((sm.get(1, b"k"), driver.pending_proposals))
+
+    driver = RaftDriver(
+        node_id="n1",
+        kv=kv,
+        state_machine=sm,
+        transport=transport,
+        config=FAST,
+        on_written=on_written,
+    )
+    await transport.start()
+    await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver is not None and driver.is_leader(1))
+    await driver.propose(1, put_command(b"k", b"v1"), timeout_s=2)
+    assert (b"v1", 1) in seen  # applied and written, its proposer not yet told
+    calls_before = len(seen)
+    kv.fail_writes = True
+    with pytest.raises(Unavailable):
+        await driver.propose(1, put_command(b"k", b"v2"), timeout_s=5)
+    assert len(seen) == calls_before
+    await driver.stop()
+
+
 async def test_malformed_frame_is_refused_and_counted(cluster: Cluster) -> None:
     leader = await cluster.leader(0)
     victim = next(n for n in cluster.nodes.values() if n is not leader)
