@@ -116,7 +116,10 @@ def build_append(
         conversation_id=conversation_id,
         messages=tuple(message.stored for message in prepared),
         token_counts=tuple(message.token_count for message in prepared),
-        request_digest=request_digest(prepared, is_batch=is_batch),
+        # Only a keyed append is ever compared with a retry: skip the hash otherwise.
+        request_digest=(
+            b"" if idempotency_key is None else request_digest(prepared, is_batch=is_batch)
+        ),
         now_ms=now_ms,
         is_batch=is_batch,
         if_version=if_version,
