@@ -401,11 +401,15 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             self._log.applied_to(rd.snapshot.index)
         if rd.entries:
             last = rd.entries[-1]
-            if self._log.stable_to(last.index, last.term) and self._role is Role.LEADER:
-                # The leader's own copy counts toward the quorum only once durable.
-                self._tracker.progress[self._id].maybe_update(last.index)
-                if self._maybe_commit():
-                    self._commit_to_broadcast = True
+            # The leader's own copy counts toward the quorum only once durable
+            # (the only voter's did already, in ``ready``: then nothing moves).
+            if (
+                self._log.stable_to(last.index, last.term)
+                and self._role is Role.LEADER
+                and self._tracker.progress[self._id].maybe_update(last.index)
+                and self._maybe_commit()
+            ):
+                self._commit_to_broadcast = True
         if rd.committed_entries:
             self._log.applied_to(rd.committed_entries[-1].index)
             if self._role is Role.LEADER:
