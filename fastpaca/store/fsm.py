@@ -47,6 +47,8 @@ __all__ = ["IDEMPOTENCY_WINDOW_APPENDS", "ConversationStateMachine"]
 IDEMPOTENCY_WINDOW_APPENDS = 10_000
 """Idempotency keys of at least this many latest appends per conversation are kept."""
 
+_STATE_CACHE_ENTRIES = 16_384
+"""Conversation states kept in memory by the apply path (~3 MB at most)."""
 _U64 = struct.Struct(">Q")
 _log = logging.getLogger(__name__)
 
@@ -66,6 +68,14 @@ class ConversationStateMachine:
         self._kv = kv
         self._effect_sink = effect_sink
         self._window = idempotency_window_appends
+        # What this instance last staged, so the hot path reads no LevelDB:
+        # a group's applied index, and the state of recently appended-to
+        # conversations. Both are exactly what the batch holds: every write
+        # of either goes through this object (restore clears them), and a
+        # batch that fails to write ends the node (``NodeHost.abort``), so no
+        # staged value outlives its batch.
+        self._applied: dict[int, int] = {}
+        self._states: dict[bytes, ConversationState] = {}
 
     def set_effect_sink(self, sink: EffectSink | None) -> None:
         self._effect_sink = sink
@@ -80,8 +90,10 @@ class ConversationStateMachine:
         if not entries:
             return []
         applied_key = keys.applied_index_key(group_id)
-        raw_applied = batch.get(applied_key)
-        applied = 0 if raw_applied is None else int(_U64.unpack(raw_applied)[0])
+        applied = self._applied.get(group_id)
+        if applied is None:
+            raw_applied = batch.get(applied_key)
+            applied = 0 if raw_applied is None else int(_U64.unpack(raw_applied)[0])
         results: list[Any] = []
         effects: list[Effect] = []
         for entry in entries:
@@ -98,6 +110,7 @@ class ConversationStateMachine:
                 continue
             results.append(self._apply_data(group_id, entry, batch, effects))
         batch.put(applied_key, _U64.pack(applied))
+        self._applied[group_id] = applied
         if effects and self._effect_sink is not None:
             self._effect_sink(group_id, effects)
         return results
@@ -113,6 +126,8 @@ class ConversationStateMachine:
     ) -> None:
         restore_group(group_id, chunks, batch)
         batch.put(keys.applied_index_key(group_id), _U64.pack(applied_index))
+        self._applied[group_id] = applied_index
+        self._states.clear()  # rare (a snapshot installed, a group removed): drop them all
 
     def _apply_data(
         self, group_id: int, entry: Entry, batch: WriteBatch, effects: list[Effect]
@@ -131,6 +146,8 @@ class ConversationStateMachine:
     def _apply_command(
         self, group_id: int, command: Command, batch: WriteBatch, effects: list[Effect]
     ) -> ApplyResult:
+        if not isinstance(command, AppendMessages):  # they change states on their own
+            self._states.pop(keys.conversation_key(group_id, command.conversation_id), None)
         match command:
             case AppendMessages():
                 return self._append(group_id, command, batch, effects)
@@ -146,9 +163,11 @@ class ConversationStateMachine:
     ) -> AppendApplied | Rejected:
         conversation_id = command.conversation_id
         state_key = keys.conversation_key(group_id, conversation_id)
-        state = _load_state(batch, state_key)
+        state = self._states.get(state_key)
         if state is None:
-            return Rejected(reason=RejectReason.NOT_FOUND)
+            state = _load_state(batch, state_key)
+            if state is None:
+                return Rejected(reason=RejectReason.NOT_FOUND)
         if state.tombstoned:
             return Rejected(reason=RejectReason.TOMBSTONED, current_version=state.version)
         key = command.idempotency_key
@@ -194,6 +213,10 @@ class ConversationStateMachine:
             tombstoned=False,
         )
         batch.put(state_key, new_state.encode())
+        states = self._states
+        if len(states) >= _STATE_CACHE_ENTRIES and state_key not in states:
+            states.clear()  # crude but O(1) amortized; the busy ones come back at once
+        states[state_key] = new_state
         return AppendApplied(items=tuple(items))
 
     def _evict_idempotency_keys(

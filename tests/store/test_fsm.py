@@ -10,6 +10,7 @@ from fastpaca.raft.messages import Entry, EntryType
 from fastpaca.store.commands import (
     AckArchived,
     TombstoneConversation,
+    encode_command,
 )
 from fastpaca.store.effects import Appended, Tombstoned
 from fastpaca.store.results import (
@@ -230,3 +231,49 @@ def test_groups_are_isolated(kv: LevelDBKV) -> None:
     g1.apply(upsert(), append(text("a")))
     assert g2.reader.conversation(2, CID) is None
     assert g2.apply_one(append(text("a"))).reason is RejectReason.NOT_FOUND
+
+
+def test_restore_from_an_older_snapshot_replaces_what_the_apply_path_remembered(
+    kv: LevelDBKV,
+) -> None:
+    """The apply path keeps the applied index and recent conversation states
+    in memory; a snapshot install (or a group's removal) must leave no trace
+    of the state it replaced."""
+    harness = FsmHarness(kv)
+    harness.apply(upsert(), append(text("one")))  # indexes 1, 2: version 1
+    snapshot = harness.fsm.snapshot(0)
+    chunks = list(snapshot.chunks(64 * 1024))
+    assert snapshot.applied_index == 2
+    harness.apply(append(text("two")), append(text("three")))  # versions 2 and 3, index 4
+
+    batch = WriteBatch(kv)
+    harness.fsm.restore(0, 2, chunks, batch)  # back to version 1, applied index 2
+    kv.write(batch, sync=False)
+    assert harness.fsm.applied_index(0) == 2
+
+    batch = WriteBatch(kv)
+    entry = Entry(index=3, term=2, data=encode_command(append(text("again"))))
+    (result,) = harness.fsm.apply(0, [entry], batch)  # index 3 again: applied, not skipped
+    kv.write(batch, sync=False)
+    assert isinstance(result, AppendApplied)
+    assert [(i.seq, i.version) for i in result.items] == [(2, 2)]
+
+    batch = WriteBatch(kv)
+    harness.fsm.restore(0, 0, (), batch)  # the group removed from this node
+    kv.write(batch, sync=False)
+    batch = WriteBatch(kv)
+    (gone,) = harness.fsm.apply(0, [Entry(index=1, term=3, data=entry.data)], batch)
+    assert gone == Rejected(reason=RejectReason.NOT_FOUND)
+
+
+def test_tombstone_and_archive_ack_are_seen_by_the_next_append(harness: FsmHarness) -> None:
+    harness.apply(upsert(), append(text("a")), append(text("b")))
+    ack = harness.apply_one(AckArchived(conversation_id=CID, upto_seq=1))
+    assert isinstance(ack, ArchiveAcked)
+    (appended,) = harness.apply(append(text("c")))
+    assert isinstance(appended, AppendApplied) and appended.items[0].seq == 3
+    state = harness.reader.state(0, CID)
+    assert state is not None and state.archived_seq == 1 and state.version == 3
+    harness.apply_one(TombstoneConversation(conversation_id=CID, now_ms=3_000))
+    refused = harness.apply_one(append(text("d")))
+    assert isinstance(refused, Rejected) and refused.reason is RejectReason.TOMBSTONED
