@@ -88,9 +88,41 @@ def _frame(tag: bytes, header: dict[str, Any], payloads: tuple[bytes, ...] = ())
     return b"".join(parts)
 
 
+_RECENT_MAX = 8192
+_recent: dict[int, tuple[bytes, Command]] = {}
+"""Appends encoded by this process, by the id of their bytes, until decoded.
+
+The node that proposes a command applies the very same bytes object (the
+Raft log keeps it), so ``decode_command`` can hand back the command it came
+from instead of parsing and re-checking it. The table holds the bytes, so
+their id names no other object while listed; a hit also requires identity,
+and encoding is deterministic and refuses what decoding would (``_encode``),
+so a hit is exactly what decoding would give. Commands that never apply
+(leadership lost) are dropped wholesale when the table is full."""
+
+
 def encode_command(command: Command) -> bytes:
+    data = _encode(command)
+    if isinstance(command, AppendMessages):  # the hot one; the rest are rare
+        if len(_recent) >= _RECENT_MAX:
+            _recent.clear()
+        _recent[id(data)] = (data, command)
+    return data
+
+
+def _encode(command: Command) -> bytes:
     match command:
         case AppendMessages():
+            # What decoding would refuse is refused here, so that the
+            # proposer (which skips decoding, see ``_recent``) and every
+            # other replica always agree.
+            if not command.messages or len(command.token_counts) != len(command.messages):
+                raise CodecError("append needs one token count per message")
+            for count in command.token_counts:
+                _int(count)
+            if command.if_version is not None:
+                _int(command.if_version)
+            _int(command.now_ms)
             header = {
                 "c": command.conversation_id,
                 "n": command.token_counts,
@@ -114,6 +146,9 @@ def encode_command(command: Command) -> bytes:
 
 
 def decode_command(data: bytes) -> Command:
+    recent = _recent.pop(id(data), None)
+    if recent is not None and recent[0] is data:
+        return recent[1]
     try:
         return _decode(data)
     except CodecError:

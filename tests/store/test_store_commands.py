@@ -40,7 +40,48 @@ def test_append_round_trips(
         if_version=guard,
         idempotency_key=key,
     )
-    assert decode_command(encode_command(command)) == command
+    assert decode_command(_copy(encode_command(command))) == command  # parsed, as on a follower
+
+
+def _copy(data: bytes) -> bytes:
+    """The same bytes in another object (what a follower decodes off the wire)."""
+    return bytes(bytearray(data))
+
+
+def test_the_proposer_gets_its_own_command_back_without_parsing() -> None:
+    command, _ = build_append("c", [_message()], now_ms=1, is_batch=False)
+    data = encode_command(command)
+    assert decode_command(data) is command  # the same bytes object: no parse
+    assert decode_command(data) == command and decode_command(data) is not command  # once only
+    assert decode_command(_copy(data)) == command
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"messages": ()},
+        {"token_counts": (1, 2)},
+        {"token_counts": (-1,)},
+        {"if_version": -1},
+        {"now_ms": -5},
+    ],
+)
+def test_encoding_refuses_what_decoding_would_refuse(broken: dict[str, object]) -> None:
+    """Else the proposer (which skips decoding) and the other replicas could disagree."""
+    fields: dict[str, object] = {
+        "conversation_id": "c",
+        "messages": (b"{}",),
+        "token_counts": (1,),
+        "request_digest": b"",
+        "now_ms": 1,
+        **broken,
+    }
+    with pytest.raises(CodecError):
+        encode_command(AppendMessages(**fields))  # type: ignore[arg-type]
+
+
+def _message() -> NewMessage:
+    return NewMessage(role="user", parts=[{"type": "text", "text": "hi"}], metadata={})
 
 
 @pytest.mark.parametrize(
