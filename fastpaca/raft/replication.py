@@ -178,7 +178,10 @@ class ReplicationMixin(NodeState):
             progress.inflights.free_le(msg.index)
         if self._maybe_commit():
             self._commit_to_broadcast = True
-        while self._maybe_send_append(msg.sender, send_if_empty=False):
+        last_index = self._log.last_index()
+        while progress.next <= last_index and self._maybe_send_append(
+            msg.sender, send_if_empty=False
+        ):
             pass  # fill the inflight window for a follower that is catching up
         if msg.sender == self._lead_transferee and progress.match == self._log.last_index():
             self._send(MessageType.TIMEOUT_NOW, msg.sender)
@@ -261,13 +264,16 @@ class ReplicationMixin(NodeState):
     def _broadcast_append(self, *, send_if_empty: bool) -> None:
         """Entries to every follower; ``send_if_empty``: the commit index moved,
         so an APPEND goes even to followers with nothing new (commit-only)."""
-        for node_id in self._tracker.progress:
+        last_index = self._log.last_index()
+        for node_id, progress in self._tracker.progress.items():
             if node_id != self._id and self._maybe_send_append(
                 node_id, send_if_empty=send_if_empty, commit_only=send_if_empty
             ):
                 # Several APPENDs when max_msg_bytes splits the batch, up to
-                # the inflight window (pipelining).
-                while self._maybe_send_append(node_id, send_if_empty=False):
+                # the inflight window (pipelining); none once all went.
+                while progress.next <= last_index and self._maybe_send_append(
+                    node_id, send_if_empty=False
+                ):
                     pass
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
