@@ -24,9 +24,9 @@ Design, and why:
   and each event leaves exactly one node. Followers' applies publish nothing
   (their subscribers get the leader's copy), so there is no duplicate in the
   steady state.
-- **Batching.** Events for one peer are buffered during a Raft driver
-  iteration (one apply pass covers many groups) and sent as one frame per
-  peer from a ``call_soon`` callback, i.e. while the iteration's write runs.
+- **Batching.** Events for one peer are buffered as a Raft driver
+  iteration's effects are released (one iteration covers many groups) and
+  sent as one frame per peer from a ``call_soon`` callback.
   Each event is encoded once, whatever the number of interested peers.
 - **Leader changes.** An event may be published twice (the old leader
   applied it, and the new one applies it again after taking over) or never
@@ -196,7 +196,7 @@ class ClusterFanout:
     # --- the apply path -----------------------------------------------------------------
 
     def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
-        """Called from the Raft driver's apply pass; must not block."""
+        """Called from the Raft driver's loop once the applies are written; must not block."""
         bus, peers_of = self._bus, self._peers_of
         if not peers_of and not bus.has_any_subscribers():
             return  # nobody anywhere watches anything: the common case under load

@@ -2,8 +2,9 @@
 
 ``StreamPublisher`` is an ``EffectHub`` listener: for every message appended
 or conversation tombstoned by this node's state machine it builds the
-websocket payload once and publishes it to ``LocalBus``. It runs inside the
-Raft driver's apply pass, so it only encodes and hands over; it never awaits.
+websocket payload once and publishes it to ``LocalBus``. It runs in the Raft
+driver's loop once the write holding the apply is done (``EffectHub``), so
+it only encodes and hands over; it never awaits.
 
 This is the whole story on a node running alone, where every group applies
 here. A clustered node also needs the events of groups it does not host:

@@ -185,7 +185,7 @@ class RedisFanout:
     # --- the apply path -----------------------------------------------------------------
 
     def __call__(self, group_id: int, effects: Sequence[Effect]) -> None:
-        """Called from the Raft driver's apply pass; must not block."""
+        """Called from the Raft driver's loop once the applies are written; must not block."""
         if not self._running or not self._is_leader(group_id):
             return
         bus, queue, stats = self._bus, self._queue, self.stats

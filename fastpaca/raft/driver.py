@@ -4,11 +4,13 @@ One task runs the loop: wake on the tick timer or on new work (proposals,
 inbound frames), hand queued work to the synchronous ``NodeHost``, then
 ``prepare`` → write the batch (fsync'd when needed, in one dedicated writer
 thread so the loop keeps accepting proposals meanwhile: that is the group
-commit) → send one frame per peer → ``finish`` → resolve futures. When that
-write committed entries by itself (a leader whose own copy completed the
-quorum: every entry of a single-voter group), an apply pass follows at once,
-with no new input: the same steps, usually with an unsynced write, so those
-results are released after one fsync instead of two.
+commit) → send one frame per peer → ``finish`` → ``on_written`` (the state
+machine's effects) → resolve futures. When that write committed entries by
+itself (a leader whose own copy completed the quorum after its followers'),
+an apply pass follows at once, with no new input: the same steps, usually
+with an unsynced write, so those results are released after one fsync
+instead of two. (A single-voter group needs no such pass: its entries commit
+and apply in the write that persists them.)
 
 Every call into the host happens on the loop task, between iterations: the
 public methods only enqueue work and wake the loop. The futures owed to

@@ -320,8 +320,10 @@ class NodeHost:
     def has_apply_due(self) -> bool:
         """True when the last ``finish`` left committed entries unapplied:
         typically a leader whose own durable copy completed the quorum in
-        ``advance`` (always so for a group whose only voter is this node).
-        The driver then runs one more iteration at once, without taking new
+        ``advance``, its followers having answered before its write ended.
+        (A group whose only voter is this node commits in ``ready`` and
+        applies in the same write.) The driver then runs one more iteration
+        at once, without taking new
         input, so those entries are applied and their results released after
         this iteration's write rather than after the next one's."""
         return self._apply_due
