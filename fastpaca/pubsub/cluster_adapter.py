@@ -60,11 +60,14 @@ Design, and why:
   groups only, and suspects are settled at that tick too, so a flapping link
   or a node whose groups all change leader at once costs each watched
   conversation at most one signal per tick; nothing runs on the append path.
-  Not covered: events the leader drops on a link that stays up (its send
-  queue full, counted in its ``events_dropped``), and a connection replaced
-  without a down/up on our side long after it came up (the peer restarted
-  before we noticed: it learns our interest at the next ``refresh_s``) show
-  only with the next event.
+  Events the leader drops on a link that stays up (its send queue to us
+  full, counted in its ``events_dropped``) are reported by the leader
+  itself: it remembers their conversations and sends a *loss notice* (a
+  ``wire.LOSS`` frame) once the queue takes frames again, at its next flush
+  or ``leader_check_s`` tick; we signal those conversations at once. Not
+  covered: a connection replaced without a down/up on our side long after it
+  came up (the peer restarted before we noticed: it learns our interest at
+  the next ``refresh_s``) shows only with the next event.
 - **Bad input.** A malformed frame is counted, logged and dropped; it never
   raises into the transport (which would close the link and with it Raft's
   traffic) and never reaches a subscriber.
@@ -138,8 +141,11 @@ class ClusterFanout:
         """Conversation id -> peers that announced interest in it."""
         self._interest_of: dict[str, set[str]] = {}
         """Peer -> conversation ids it announced (the inverse of ``_peers_of``)."""
-        self._outbox: dict[str, list[bytes]] = {}
-        """Peer -> event records waiting for this iteration's flush."""
+        self._outbox: dict[str, list[tuple[str, bytes]]] = {}
+        """Peer -> (conversation id, event record) waiting for this iteration's flush."""
+        self._lost_to: dict[str, set[str]] = {}
+        """Peer (still connected) -> conversations whose events to it were
+        dropped (its queue was full): owed a loss notice."""
         self._pending_interest: dict[str, bool] = {}
         """Local interest changes not yet announced (latest state per conversation)."""
         self._resync: set[str] = set()
@@ -175,6 +181,7 @@ class ClusterFanout:
                 timer.cancel()
         self._refresh_timer = self._resync_timer = self._leader_timer = None
         self._outbox.clear()
+        self._lost_to.clear()
         self._pending_interest.clear()
 
     # --- queries (tests, diagnostics) ---------------------------------------------------
@@ -214,14 +221,14 @@ class ClusterFanout:
                 bus.publish(event)
                 stats.events_published += 1
             if peers and self._running:
-                record = wire.event_record(event)
+                item = (conversation_id, wire.event_record(event))
                 outbox = self._outbox
                 for peer in peers:
                     queued = outbox.get(peer)
                     if queued is None:
-                        outbox[peer] = [record]
+                        outbox[peer] = [item]
                     else:
-                        queued.append(record)
+                        queued.append(item)
                 self._schedule_flush()
 
     # --- sending ------------------------------------------------------------------------
@@ -236,28 +243,52 @@ class ClusterFanout:
         if not self._running:
             return
         outbox, self._outbox = self._outbox, {}
-        for peer, records in outbox.items():
-            self._send_events(peer, records)
+        for peer, items in outbox.items():
+            self._send_events(peer, items)
+        if self._lost_to:
+            self._send_loss_notices()
         if self._pending_interest:
             self._announce_changes()
 
-    def _send_events(self, peer: str, records: list[bytes]) -> None:
+    def _send_events(self, peer: str, items: list[tuple[str, bytes]]) -> None:
         stats = self.stats
         limit = self._frame_bytes_max
         start, size = 0, 0
-        for index, record in enumerate(records):
+        for index, (_, record) in enumerate(items):
             if size and size + len(record) > limit:
-                self._send_event_frame(peer, records[start:index])
+                self._send_event_frame(peer, items[start:index])
                 start, size = index, 0
             size += len(record)
-        self._send_event_frame(peer, records[start:])
-        stats.events_forwarded += len(records)
+        self._send_event_frame(peer, items[start:])
+        stats.events_forwarded += len(items)
 
-    def _send_event_frame(self, peer: str, records: list[bytes]) -> None:
-        if self._transport.send(peer, Channel.PUBSUB, wire.encode_events(records)):
+    def _send_event_frame(self, peer: str, items: list[tuple[str, bytes]]) -> None:
+        frame = wire.encode_events(record for _, record in items)
+        if self._transport.send(peer, Channel.PUBSUB, frame):
             self.stats.frames_sent += 1
-        else:
-            self.stats.events_dropped += len(records)  # subscribers there will see a gap
+            return
+        self.stats.events_dropped += len(items)
+        if peer in self._transport.connected_peers():
+            # The link stays up, so the peer sees no drop: tell it which
+            # conversations lost events once its queue takes frames again.
+            self._lost_to.setdefault(peer, set()).update(cid for cid, _ in items)
+        # (A link that went down is a loss signal on the peer's side already.)
+
+    def _send_loss_notices(self) -> None:
+        connected = self._transport.connected_peers()
+        for peer in list(self._lost_to):
+            if peer not in connected:
+                del self._lost_to[peer]
+                continue
+            conversations = sorted(self._lost_to[peer])
+            if self._transport.send(peer, Channel.PUBSUB, wire.encode_loss(conversations)):
+                del self._lost_to[peer]
+                _log.info(
+                    "pubsub: told %s of %d conversations with dropped events",
+                    peer,
+                    len(conversations),
+                    extra={"type": "pubsub.loss_notice", "peer": peer},
+                )
 
     def _on_local_interest(self, conversation_id: str, interested: bool) -> None:
         self.stats.local_interests += 1 if interested else -1
@@ -332,6 +363,8 @@ class ClusterFanout:
             kind = wire.frame_kind(frame)
             if kind == wire.EVENTS:
                 events = wire.decode_events(frame)
+            elif kind == wire.LOSS:
+                ids = wire.decode_loss(frame)
             else:
                 kind, ids = wire.decode_interest(frame)
         except wire.WireError as exc:
@@ -345,6 +378,8 @@ class ClusterFanout:
             return
         if kind == wire.EVENTS:
             self._deliver(events)
+        elif kind == wire.LOSS:
+            self._on_loss_notice(ids)
         else:
             self._on_interest(peer, kind, ids)
 
@@ -355,6 +390,16 @@ class ClusterFanout:
         for event in events:
             stats.events_received += 1
             bus.publish(event)  # no-op if our subscribers left meanwhile
+
+    def _on_loss_notice(self, conversation_ids: list[str]) -> None:
+        """The sender dropped events of these conversations on their way
+        here: their channels re-check ``last_seq`` (and push a ``gap``)."""
+        signalled = 0
+        for conversation_id in conversation_ids:
+            if self._bus.has_subscribers(conversation_id):
+                self._bus.signal_loss(conversation_id)
+                signalled += 1
+        self.stats.loss_signals += signalled
 
     def _on_interest(self, peer: str, kind: int, ids: list[str]) -> None:
         self.stats.interest_frames_received += 1
@@ -416,6 +461,7 @@ class ClusterFanout:
         dropped = self._outbox.pop(peer, None)
         if dropped:
             self.stats.events_dropped += len(dropped)
+        self._lost_to.pop(peer, None)  # the drop is the peer's loss signal
         self._resync.discard(peer)
 
     # --- loss signals -------------------------------------------------------------------
@@ -449,6 +495,8 @@ class ClusterFanout:
         if not self._running:
             return
         try:
+            if self._lost_to:
+                self._send_loss_notices()
             self.check_losses()
         except Exception:  # a bug must not end the checks for good
             _log.exception("pubsub: loss check failed", extra={"type": "pubsub.loss_check_error"})

@@ -9,6 +9,8 @@ every integer is big-endian::
                body = repeated (id length u16 | conversation id utf-8)
     events:    kind 4
                body = repeated record
+    loss:      kind 5 (events for these conversations were dropped on the way)
+               body = repeated (id length u16 | conversation id utf-8)
     record:    id length u16 | event kind u8 | seq u64 | payload length u32
                | conversation id utf-8 | payload
 
@@ -32,11 +34,14 @@ __all__ = [
     "INTEREST_ADD",
     "INTEREST_FULL",
     "INTEREST_REMOVE",
+    "LOSS",
     "WireError",
     "decode_events",
     "decode_interest",
+    "decode_loss",
     "encode_events",
     "encode_interest",
+    "encode_loss",
     "event_record",
     "frame_kind",
 ]
@@ -46,8 +51,11 @@ INTEREST_FULL: Final = 1
 INTEREST_ADD: Final = 2
 INTEREST_REMOVE: Final = 3
 EVENTS: Final = 4
+LOSS: Final = 5
+"""The sender dropped events for these conversations (its queue to us was full)."""
 
 _INTEREST_KINDS = frozenset((INTEREST_FULL, INTEREST_ADD, INTEREST_REMOVE))
+_KINDS = frozenset((*_INTEREST_KINDS, EVENTS, LOSS))
 _ID_LENGTH = struct.Struct(">H")
 _RECORD = struct.Struct(">HBQI")
 _MESSAGE, _TOMBSTONE = 0, 1
@@ -63,7 +71,7 @@ def frame_kind(frame: bytes) -> int:
     if not frame:
         raise WireError("empty frame")
     kind = frame[0]
-    if kind != EVENTS and kind not in _INTEREST_KINDS:
+    if kind not in _KINDS:
         raise WireError(f"unknown frame kind {kind}")
     return kind
 
@@ -74,6 +82,29 @@ def frame_kind(frame: bytes) -> int:
 def encode_interest(kind: int, conversation_ids: Iterable[str]) -> bytes:
     if kind not in _INTEREST_KINDS:
         raise ValueError(f"not an interest kind: {kind}")
+    return _encode_ids(kind, conversation_ids)
+
+
+def decode_interest(frame: bytes) -> tuple[int, list[str]]:
+    """(kind, conversation ids) of an interest frame."""
+    kind = frame_kind(frame)
+    if kind not in _INTEREST_KINDS:
+        raise WireError(f"frame kind {kind} is not an interest announcement")
+    return kind, _decode_ids(frame)
+
+
+def encode_loss(conversation_ids: Iterable[str]) -> bytes:
+    return _encode_ids(LOSS, conversation_ids)
+
+
+def decode_loss(frame: bytes) -> list[str]:
+    """The conversation ids of a loss notice."""
+    if frame_kind(frame) != LOSS:
+        raise WireError(f"frame kind {frame[0]} is not a loss notice")
+    return _decode_ids(frame)
+
+
+def _encode_ids(kind: int, conversation_ids: Iterable[str]) -> bytes:
     parts = [bytes((kind,))]
     for conversation_id in conversation_ids:
         raw = conversation_id.encode()
@@ -84,11 +115,7 @@ def encode_interest(kind: int, conversation_ids: Iterable[str]) -> bytes:
     return b"".join(parts)
 
 
-def decode_interest(frame: bytes) -> tuple[int, list[str]]:
-    """(kind, conversation ids) of an interest frame."""
-    kind = frame_kind(frame)
-    if kind not in _INTEREST_KINDS:
-        raise WireError(f"frame kind {kind} is not an interest announcement")
+def _decode_ids(frame: bytes) -> list[str]:
     ids: list[str] = []
     offset, end = 1, len(frame)
     while offset < end:
@@ -98,7 +125,7 @@ def decode_interest(frame: bytes) -> tuple[int, list[str]]:
         offset += _ID_LENGTH.size
         ids.append(_text(frame, offset, size))
         offset += size
-    return kind, ids
+    return ids
 
 
 # --- events -----------------------------------------------------------------------------

@@ -187,6 +187,7 @@ async def test_full_announcements_replace_and_repair_a_peers_view(cluster: Clust
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
     n2.watch("c1")
     await until(lambda: n1.fanout.interest_of("n2") == {"c1"})
+    await asyncio.sleep(0.05)  # the link-up resync (resync_delay_s) is over: it would repair
     # A stale delta (as if reordered across a replaced connection) ...
     n2.transport.send("n1", Channel.PUBSUB, wire.encode_interest(wire.INTEREST_REMOVE, ["c1"]))
     n2.transport.send("n1", Channel.PUBSUB, wire.encode_interest(wire.INTEREST_ADD, ["gone"]))
@@ -253,6 +254,65 @@ async def test_an_interest_frame_refused_by_a_full_queue_is_resent_as_the_full_s
         for name, transport in (("n1", other), ("n2", flaky)):
             await fanouts[name].stop()
             await transport.stop()
+
+
+async def test_events_dropped_on_a_link_that_stays_up_are_reported_as_a_loss() -> None:
+    """The leader's queue to n2 refuses an events frame while the link stays
+    up: n2 sees no drop of its own, so the leader sends a loss notice for
+    those conversations once its queue takes frames again (next flush, or
+    the periodic check), and n2's channels re-check."""
+    hub = InMemoryHub()
+    leader_link = FullQueueTransport(hub, "n1")
+    hub._transports["n1"] = leader_link
+    follower_link = hub.transport("n2")
+    buses = {"n1": RecordingBus(), "n2": RecordingBus()}
+    fanouts = {
+        name: ClusterFanout(
+            bus=buses[name],
+            transport=transport,
+            is_leader=lambda g, name=name: name == "n1",
+            leader_of=lambda g: "n1",
+            group_count=1,
+            resync_delay_s=0.01,
+            leader_check_s=0.05,
+        )
+        for name, transport in (("n1", leader_link), ("n2", follower_link))
+    }
+    for name, transport in (("n1", leader_link), ("n2", follower_link)):
+        await fanouts[name].start()
+        await transport.start()
+    try:
+        got: list[int | None] = []
+        losses: list[str] = []
+        buses["n2"].subscribe(
+            "c1", lambda e: got.append(e.seq), on_loss=lambda: losses.append("c1")
+        )
+        buses["n2"].subscribe("c2", lambda e: None, on_loss=lambda: losses.append("c2"))
+        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1", "c2"})
+        await asyncio.sleep(0.05)  # the delayed resync of the full set has gone too
+        leader_link.refuse = 1  # the next frame to n2 (the events) is refused
+        fanouts["n1"](0, [appended("c1", 1)])
+        await until(lambda: fanouts["n1"].stats.events_dropped == 1)
+        assert "n2" in leader_link.connected_peers()
+        await until(lambda: "c1" in losses)  # sent by the periodic check
+        assert got == [] and losses == ["c1"]  # only the conversation that lost one
+        assert fanouts["n2"].stats.loss_signals == 1
+        fanouts["n1"](0, [appended("c1", 2)])  # and the stream goes on
+        await until(lambda: got == [2])
+    finally:
+        for name, transport in (("n1", leader_link), ("n2", follower_link)):
+            await fanouts[name].stop()
+            await transport.stop()
+
+
+def test_loss_notices_round_trip_and_stay_apart_from_interest() -> None:
+    frame = wire.encode_loss(["a", "b é"])
+    assert wire.frame_kind(frame) == wire.LOSS
+    assert wire.decode_loss(frame) == ["a", "b é"]
+    with pytest.raises(wire.WireError):
+        wire.decode_interest(frame)
+    with pytest.raises(wire.WireError):
+        wire.decode_loss(wire.encode_interest(wire.INTEREST_ADD, ["a"]))
 
 
 async def test_events_to_one_peer_split_into_bounded_frames() -> None:
