@@ -225,47 +225,26 @@ class FullQueueTransport(InMemoryTransport):
         return super().send(peer, channel, payload)
 
 
-async def test_an_interest_frame_refused_by_a_full_queue_is_resent_as_the_full_set() -> None:
-    hub = InMemoryHub()
-    flaky = FullQueueTransport(hub, "n2")
-    hub._transports["n2"] = flaky
-    other = hub.transport("n1")
-    buses = {"n1": LocalBus(), "n2": LocalBus()}
-    fanouts = {
-        name: ClusterFanout(
-            bus=buses[name],
-            transport=transport,
-            is_leader=lambda g: True,
-            leader_of=lambda g: "n1",
-            group_count=1,
-            resync_delay_s=0.01,
-        )
-        for name, transport in (("n1", other), ("n2", flaky))
-    }
-    for name, transport in (("n1", other), ("n2", flaky)):
-        await fanouts[name].start()
-        await transport.start()
-    try:
-        flaky.refuse = 1
-        buses["n2"].subscribe("c1", lambda event: None)
-        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})
-        assert flaky.frames_dropped["n1"] == 1
-    finally:
-        for name, transport in (("n1", other), ("n2", flaky)):
-            await fanouts[name].stop()
-            await transport.stop()
+@dataclass
+class Pair:
+    """Two nodes, n1 leading group 0; one of them sends through a
+    ``FullQueueTransport`` (``flaky``) that a test can make refuse frames."""
+
+    hub: InMemoryHub
+    flaky: FullQueueTransport
+    buses: dict[str, RecordingBus]
+    fanouts: dict[str, ClusterFanout]
 
 
-async def test_events_dropped_on_a_link_that_stays_up_are_reported_as_a_loss() -> None:
-    """The leader's queue to n2 refuses an events frame while the link stays
-    up: n2 sees no drop of its own, so the leader sends a loss notice for
-    those conversations once its queue takes frames again (next flush, or
-    the periodic check), and n2's channels re-check."""
+@asynccontextmanager
+async def pair(
+    *, flaky: str, resync_delay_s: float, leader_check_s: float = 3600
+) -> AsyncIterator[Pair]:
     hub = InMemoryHub()
-    leader_link = FullQueueTransport(hub, "n1")
-    hub._transports["n1"] = leader_link
-    follower_link = hub.transport("n2")
-    buses = {"n1": RecordingBus(), "n2": RecordingBus()}
+    flaky_transport = FullQueueTransport(hub, flaky)
+    hub._transports[flaky] = flaky_transport
+    transports = {name: hub.transport(name) for name in ("n1", "n2")}
+    buses = {name: RecordingBus() for name in transports}
     fanouts = {
         name: ClusterFanout(
             bus=buses[name],
@@ -273,36 +252,54 @@ async def test_events_dropped_on_a_link_that_stays_up_are_reported_as_a_loss() -
             is_leader=lambda g, name=name: name == "n1",
             leader_of=lambda g: "n1",
             group_count=1,
-            resync_delay_s=0.01,
-            leader_check_s=0.05,
+            resync_delay_s=resync_delay_s,
+            leader_check_s=leader_check_s,
         )
-        for name, transport in (("n1", leader_link), ("n2", follower_link))
+        for name, transport in transports.items()
     }
-    for name, transport in (("n1", leader_link), ("n2", follower_link)):
+    for name, transport in transports.items():
         await fanouts[name].start()
         await transport.start()
     try:
-        got: list[int | None] = []
-        losses: list[str] = []
-        buses["n2"].subscribe(
-            "c1", lambda e: got.append(e.seq), on_loss=lambda: losses.append("c1")
-        )
-        buses["n2"].subscribe("c2", lambda e: None, on_loss=lambda: losses.append("c2"))
-        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1", "c2"})
-        await asyncio.sleep(0.05)  # the delayed resync of the full set has gone too
-        leader_link.refuse = 1  # the next frame to n2 (the events) is refused
-        fanouts["n1"](0, [appended("c1", 1)])
-        await until(lambda: fanouts["n1"].stats.events_dropped == 1)
-        assert "n2" in leader_link.connected_peers()
-        await until(lambda: "c1" in losses)  # sent by the periodic check
-        assert got == [] and losses == ["c1"]  # only the conversation that lost one
-        assert fanouts["n2"].stats.loss_signals == 1
-        fanouts["n1"](0, [appended("c1", 2)])  # and the stream goes on
-        await until(lambda: got == [2])
+        yield Pair(hub, flaky_transport, buses, fanouts)
     finally:
-        for name, transport in (("n1", leader_link), ("n2", follower_link)):
+        for name, transport in transports.items():
             await fanouts[name].stop()
             await transport.stop()
+
+
+async def test_an_interest_frame_refused_by_a_full_queue_is_resent_as_the_full_set() -> None:
+    async with pair(flaky="n2", resync_delay_s=0.01) as two:
+        two.flaky.refuse = 1
+        two.buses["n2"].subscribe("c1", lambda event: None)
+        await until(lambda: two.fanouts["n1"].interest_of("n2") == {"c1"})
+        assert two.flaky.frames_dropped["n1"] == 1
+
+
+async def test_events_dropped_on_a_link_that_stays_up_are_reported_as_a_loss() -> None:
+    """The leader's queue to n2 refuses an events frame while the link stays
+    up: n2 sees no drop of its own, so the leader sends a loss notice for
+    those conversations once its queue takes frames again (next flush, or
+    the periodic check), and n2's channels re-check."""
+    async with pair(flaky="n1", resync_delay_s=0.01, leader_check_s=0.05) as two:
+        leader, follower = two.fanouts["n1"], two.fanouts["n2"]
+        got: list[int | None] = []
+        losses: list[str] = []
+        two.buses["n2"].subscribe(
+            "c1", lambda e: got.append(e.seq), on_loss=lambda: losses.append("c1")
+        )
+        two.buses["n2"].subscribe("c2", lambda e: None, on_loss=lambda: losses.append("c2"))
+        await until(lambda: leader.interest_of("n2") == {"c1", "c2"})
+        await asyncio.sleep(0.05)  # the delayed resync of the full set has gone too
+        two.flaky.refuse = 1  # the next frame to n2 (the events) is refused
+        leader(0, [appended("c1", 1)])
+        await until(lambda: leader.stats.events_dropped == 1)
+        assert "n2" in two.flaky.connected_peers()
+        await until(lambda: "c1" in losses)  # sent by the periodic check
+        assert got == [] and losses == ["c1"]  # only the conversation that lost one
+        assert follower.stats.loss_signals == 1
+        leader(0, [appended("c1", 2)])  # and the stream goes on
+        await until(lambda: got == [2])
 
 
 def test_loss_notices_round_trip_and_stay_apart_from_interest() -> None:
@@ -440,39 +437,16 @@ async def test_a_flapping_link_is_coalesced_into_one_signal_per_tick() -> None:
 async def test_no_signal_before_the_leader_got_our_whole_interest_set() -> None:
     """A re-check read must not overtake our interest: if the full set was
     refused by a full queue on link-up, the signal waits for its resend."""
-    hub = InMemoryHub()
-    flaky = FullQueueTransport(hub, "n2")
-    hub._transports["n2"] = flaky
-    leader = hub.transport("n1")
-    buses = {"n1": LocalBus(), "n2": LocalBus()}
-    fanouts = {
-        name: ClusterFanout(
-            bus=buses[name],
-            transport=transport,
-            is_leader=lambda g, name=name: name == "n1",
-            leader_of=lambda g: "n1",
-            group_count=1,
-            resync_delay_s=0.05,
-            leader_check_s=3600,
-        )
-        for name, transport in (("n1", leader), ("n2", flaky))
-    }
-    for name, transport in (("n1", leader), ("n2", flaky)):
-        await fanouts[name].start()
-        await transport.start()
-    try:
+    async with pair(flaky="n2", resync_delay_s=0.05) as two:
+        leader, follower = two.fanouts["n1"], two.fanouts["n2"]
         losses: list[str] = []
-        buses["n2"].subscribe("c1", lambda event: None, on_loss=lambda: losses.append("c1"))
-        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})
-        hub.isolate("n2")
-        flaky.refuse = 2  # the full set sent on link-up is refused (the hub says "up" twice)
-        hub.heal()
-        assert fanouts["n1"].interest_of("n2") == frozenset()
-        assert fanouts["n2"].check_losses() == 0
-        await until(lambda: fanouts["n1"].interest_of("n2") == {"c1"})  # the resend
-        assert fanouts["n2"].check_losses() == 1
+        two.buses["n2"].subscribe("c1", lambda event: None, on_loss=lambda: losses.append("c1"))
+        await until(lambda: leader.interest_of("n2") == {"c1"})
+        two.hub.isolate("n2")
+        two.flaky.refuse = 2  # the full set sent on link-up is refused (the hub says "up" twice)
+        two.hub.heal()
+        assert leader.interest_of("n2") == frozenset()
+        assert follower.check_losses() == 0
+        await until(lambda: leader.interest_of("n2") == {"c1"})  # the resend
+        assert follower.check_losses() == 1
         assert losses == ["c1"]
-    finally:
-        for name, transport in (("n1", leader), ("n2", flaky)):
-            await fanouts[name].stop()
-            await transport.stop()
