@@ -116,10 +116,7 @@ def _encode(command: Command) -> bytes:
             # What decoding would refuse is refused here, so that the
             # proposer (which skips decoding, see ``_recent``) and every
             # other replica always agree.
-            if not command.messages or len(command.token_counts) != len(command.messages):
-                raise CodecError("append needs one token count per message")
-            for count in command.token_counts:
-                _int(count)
+            _check_token_counts(len(command.messages), command.token_counts)
             if command.if_version is not None:
                 _int(command.if_version)
             _int(command.now_ms)
@@ -177,10 +174,7 @@ def _decode(data: bytes) -> Command:
             messages.append(data[offset : offset + size])
             offset += size
         tokens = tuple(header["n"])
-        for count in tokens:
-            _int(count)
-        if not messages or len(tokens) != len(messages):
-            raise CodecError("append needs one token count per message")
+        _check_token_counts(len(messages), tokens)
         return AppendMessages(
             conversation_id=_str(header["c"]),
             messages=tuple(messages),
@@ -210,6 +204,15 @@ def _decode(data: bytes) -> Command:
             tail_keep=None if keep is None else _int(keep),
         )
     raise CodecError(f"unknown command tag {tag!r}")
+
+
+def _check_token_counts(message_count: int, token_counts: tuple[int, ...]) -> None:
+    """An append holds messages, each with a non-negative token count (the
+    one rule both ``_encode`` and ``_decode`` enforce)."""
+    for count in token_counts:
+        _int(count)
+    if not message_count or len(token_counts) != message_count:
+        raise CodecError("append needs one token count per message")
 
 
 def _int(value: object) -> int:
