@@ -226,10 +226,19 @@ class ProgressTracker:
         return len(self.voters) // 2 + 1
 
     def committed_index(self) -> int:
-        """The highest index a quorum of voters has (0 with no voters)."""
-        if not self.voters:
+        """The highest index a quorum of voters has (0 with no voters).
+        Runs once per group and write on a leader, so the common sizes skip
+        the sort: one voter is its own quorum, three take the median."""
+        voters, progress = self.voters, self.progress
+        if len(voters) == 1:
+            for only in voters:
+                return progress[only].match
+        if len(voters) == 3:
+            a, b, c = [progress[v].match for v in voters]
+            return max(min(a, b), min(max(a, b), c))
+        if not voters:
             return 0
-        matches = sorted((self.progress[v].match for v in self.voters), reverse=True)
+        matches = sorted([progress[v].match for v in voters], reverse=True)
         return matches[self.quorum() - 1]
 
     def has_quorum(self, acks: set[str] | dict[str, bool]) -> bool:

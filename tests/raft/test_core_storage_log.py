@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from fastpaca.errors import InvariantViolation
@@ -157,6 +159,19 @@ def test_progress_replicate_window_and_snapshot_exit() -> None:
     assert progress.is_paused() and progress.state is ProgressState.SNAPSHOT
     progress.become_probe()
     assert progress.next == 21, "probe right after the snapshot sent"
+
+
+@pytest.mark.parametrize("voter_count", [1, 2, 3, 4, 5])
+def test_tracker_committed_index_is_the_quorum_th_highest_match(voter_count: int) -> None:
+    # The 1- and 3-voter shortcuts must agree with the definition, every
+    # ordering of matches included (ties too).
+    voters = tuple("abcde"[:voter_count])
+    tracker = ProgressTracker(ConfState(voters=voters), max_inflight=4)
+    for matches in itertools.product(range(3), repeat=voter_count):
+        for node_id, match in zip(voters, matches, strict=True):
+            tracker.progress[node_id].match = match
+        expected = sorted(matches, reverse=True)[voter_count // 2]
+        assert tracker.committed_index() == expected, matches
 
 
 def test_tracker_quorum_ignores_learners() -> None:
