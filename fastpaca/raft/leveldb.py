@@ -31,6 +31,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastpaca.errors import CorruptLogError
 from fastpaca.raft.kv import KVView, WriteBatch
@@ -110,10 +111,13 @@ class LevelDBStorage:
         self._prefix = group_prefix(group_id)
         self._view = view
         self._staged: _View | None = None
-        self._on_commit: list[Callable[[], None]] = []
+        self._on_commit: list[tuple[Callable[[Any], None], Any]] = []
+        """(action, argument) pairs to run, in staging order, once written."""
         # Suffix of the durable log, so replication and term checks rarely
         # read LevelDB: covers [_cache_first, last_index] (empty when
-        # _cache_first == last_index + 1). Bounded per group.
+        # _cache_first == last_index + 1). Bounded per group. A group with
+        # no other member keeps only its last entry: nobody replicates from
+        # it, and its entries are applied from the write that stages them.
         self._cache: list[Entry] = []
         self._cache_first = view.last_index + 1
         self._cache_bytes = 0
@@ -261,8 +265,10 @@ class LevelDBStorage:
         for stale in range(hi + 1, view.last_index + 1):
             batch.delete(_entry_key(self._prefix, stale))
         self._staged = _View(view.first_index, hi, view.hard_state, view.conf_state, view.snapshot)
-        appended = list(entries)
-        self._on_commit.append(lambda: self._cache_append(appended))
+        if _has_other_members(view.conf_state):
+            self._on_commit.append((self._cache_append, entries))
+        else:
+            self._on_commit.append((self._cache_keep_last, entries[-1]))
 
     def stage_hard_state(self, batch: WriteBatch, hs: HardState) -> None:
         batch.put(self._prefix + b"h", encode_hard_state(hs))
@@ -284,7 +290,7 @@ class LevelDBStorage:
         batch.put(prefix + b"s", encode_snapshot_meta(meta))
         batch.put(prefix + b"c", encode_conf_state(meta.conf_state))
         self._staged = _View(meta.index + 1, meta.index, view.hard_state, meta.conf_state, meta)
-        self._on_commit.append(lambda: self._cache_reset(meta.index + 1))
+        self._on_commit.append((self._cache_reset, meta.index + 1))
 
     def stage_compact(self, batch: WriteBatch, index: int) -> None:
         """Drop entries ``<= index`` (which must be applied). The new base
@@ -304,13 +310,13 @@ class LevelDBStorage:
             batch.delete(_entry_key(self._prefix, compacted))
         batch.put(self._prefix + b"s", encode_snapshot_meta(meta))
         self._staged = _View(index + 1, view.last_index, view.hard_state, view.conf_state, meta)
-        self._on_commit.append(lambda: self._cache_drop_below(index + 1))
+        self._on_commit.append((self._cache_drop_below, index + 1))
 
     def stage_destroy(self, batch: WriteBatch) -> None:
         """Delete every raft key of the group (it left this node)."""
         batch.delete_range(self._prefix, self._prefix + b"\xff")
         self._staged = _View(1, 0, HardState(), ConfState(), SnapshotMeta())
-        self._on_commit.append(lambda: self._cache_reset(1))
+        self._on_commit.append((self._cache_reset, 1))
 
     def staged_first_index(self) -> int:
         """First index once what is staged is written (compaction decisions)."""
@@ -322,11 +328,15 @@ class LevelDBStorage:
             self._view = self._staged
             self._staged = None
         if self._on_commit:
-            for commit in self._on_commit:
-                commit()
+            for action, argument in self._on_commit:
+                action(argument)
             self._on_commit.clear()
-            if self._budget is not None:
-                self._budget.charge(self, self._cache_bytes)
+            budget = self._budget
+            if budget is not None:
+                if _has_other_members(self._view.conf_state):
+                    budget.charge(self, self._cache_bytes)
+                else:  # one entry at most: not worth a place in the budget
+                    budget.forget(self)
 
     def on_write_failed(self) -> None:
         """The batch was not written: forget what was staged."""
@@ -373,7 +383,8 @@ class LevelDBStorage:
 
     def _warm_cache(self) -> None:
         view = self._view
-        lo = max(view.first_index, view.last_index + 1 - min(256, self._cache_max_entries))
+        count = min(256, self._cache_max_entries) if _has_other_members(view.conf_state) else 1
+        lo = max(view.first_index, view.last_index + 1 - count)
         if lo <= view.last_index:
             self._cache_append(list(self._read_range(lo, view.last_index + 1, None)))
 
@@ -389,6 +400,14 @@ class LevelDBStorage:
         self._cache_bytes += sum(len(e.data) for e in entries)
         if len(cache) > self._cache_max_entries or self._cache_bytes > self._cache_max_bytes:
             self._cache_trim()
+
+    def _cache_keep_last(self, last: Entry) -> None:
+        # Keeps ``term(last_index)`` a memory read (commit and read-index
+        # checks ask for it) at the cost of one entry.
+        self._cache.clear()
+        self._cache.append(last)
+        self._cache_first = last.index
+        self._cache_bytes = len(last.data)
 
     def _cache_trim(self) -> None:
         # Trim to 3/4 of both bounds so the O(n) front delete is amortized.
@@ -450,6 +469,12 @@ class CacheBudget:
     def forget(self, storage: LevelDBStorage) -> None:
         _, size = self._sizes.pop(storage.group_id, (storage, 0))
         self._total -= size
+
+
+def _has_other_members(conf_state: ConfState) -> bool:
+    """Whether anyone may replicate from this log: more than one member.
+    (A group with one member hosted here is this node's own.)"""
+    return len(conf_state.voters) + len(conf_state.learners) > 1
 
 
 def _data_bytes(entries: list[Entry]) -> int:

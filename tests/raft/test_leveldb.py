@@ -40,6 +40,16 @@ def _write(kv: LevelDBKV | MemoryKV, storage: LevelDBStorage, stage: object) -> 
     storage.on_written()
 
 
+_REPLICATED = ConfState(voters=("n1", "n2", "n3"))
+
+
+def _open_replicated(kv: LevelDBKV, group_id: int, **kwargs: object) -> LevelDBStorage:
+    """A group with followers, whose storage caches recent entries for them."""
+    storage = LevelDBStorage.open(kv, group_id, **kwargs)  # type: ignore[arg-type]
+    _write(kv, storage, lambda b: storage.stage_conf_state(b, _REPLICATED))
+    return storage
+
+
 def _entry_key(group_id: int, index: int) -> bytes:
     return group_prefix(group_id) + b"e" + struct.pack(">Q", index)
 
@@ -301,7 +311,7 @@ def test_read_spanning_disk_and_cache_is_contiguous(kv: LevelDBKV) -> None:
 
 def test_cache_budget_drops_the_least_recently_appended_group_first(kv: LevelDBKV) -> None:
     budget = CacheBudget(max_bytes=2500)
-    storages = [LevelDBStorage.open(kv, g, budget=budget) for g in range(3)]
+    storages = [_open_replicated(kv, g, budget=budget) for g in range(3)]
     for storage in storages:  # 1,000 bytes of entries each
         _write(
             kv, storage, lambda b, s=storage: s.stage_append(b, _entries(1, 10, term=1, size=100))
@@ -317,7 +327,7 @@ def test_tails_warmed_on_open_count_against_the_budget(kv: LevelDBKV) -> None:
     # A restart opens every group and warms its newest entries; without the
     # budget those caches were unbounded in total (one per group).
     for g in range(4):  # 1,000 bytes of entries in each group's log
-        storage = LevelDBStorage.open(kv, g)
+        storage = _open_replicated(kv, g)
         _write(
             kv, storage, lambda b, s=storage: s.stage_append(b, _entries(1, 10, term=1, size=100))
         )
@@ -327,3 +337,26 @@ def test_tails_warmed_on_open_count_against_the_budget(kv: LevelDBKV) -> None:
     assert sum(s._cache_bytes for s in reopened) == budget.total_bytes
     assert reopened[0]._cache == []  # the first opened is evicted first
     assert reopened[0].entries(1, 11) == _entries(1, 10, term=1, size=100)
+
+
+def test_a_group_with_no_other_member_caches_only_its_last_entry(kv: LevelDBKV) -> None:
+    # Nobody replicates from it and it applies entries from the write that
+    # stages them: a cache would only cost memory (and the budget's churn).
+    budget = CacheBudget(max_bytes=1 << 20)
+    storage = LevelDBStorage.open(kv, 1, budget=budget)
+    _write(kv, storage, lambda b: storage.stage_conf_state(b, ConfState(voters=("n1",))))
+    _write(kv, storage, lambda b: storage.stage_append(b, _entries(1, 10, term=2, size=100)))
+    _write(kv, storage, lambda b: storage.stage_append(b, _entries(11, 20, term=3, size=100)))
+    assert storage._cache == _entries(20, 20, term=3, size=100)
+    assert budget.total_bytes == 0
+    expected = _entries(1, 10, term=2, size=100) + _entries(11, 20, term=3, size=100)
+    assert storage.entries(1, 21) == expected  # all but the last from LevelDB
+    delete_last = WriteBatch(kv)
+    delete_last.delete(_entry_key(1, 20))
+    kv.write(delete_last, sync=True)
+    assert storage.term(20) == 3, "the last term is answered from memory"
+    # A member joins: from then on the storage caches for the followers.
+    _write(kv, storage, lambda b: storage.stage_conf_state(b, _REPLICATED))
+    _write(kv, storage, lambda b: storage.stage_append(b, _entries(21, 25, term=3, size=100)))
+    assert storage._cache == _entries(20, 25, term=3, size=100)
+    assert budget.total_bytes == 6 * 100
