@@ -115,9 +115,10 @@ class LevelDBStorage:
         """(action, argument) pairs to run, in staging order, once written."""
         # Suffix of the durable log, so replication and term checks rarely
         # read LevelDB: covers [_cache_first, last_index] (empty when
-        # _cache_first == last_index + 1). Bounded per group. A group with
-        # no other member keeps only its last entry: nobody replicates from
-        # it, and its entries are applied from the write that stages them.
+        # _cache_first == last_index + 1). Bounded per group. A group whose
+        # only member is this node keeps only its last entry: nobody
+        # replicates from it, and it applies entries from the write that
+        # stages them.
         self._cache: list[Entry] = []
         self._cache_first = view.last_index + 1
         self._cache_bytes = 0
@@ -265,7 +266,7 @@ class LevelDBStorage:
         for stale in range(hi + 1, view.last_index + 1):
             batch.delete(_entry_key(self._prefix, stale))
         self._staged = _View(view.first_index, hi, view.hard_state, view.conf_state, view.snapshot)
-        if _has_other_members(view.conf_state):
+        if _may_have_followers(view.conf_state):
             self._on_commit.append((self._cache_append, entries))
         else:
             self._on_commit.append((self._cache_keep_last, entries[-1]))
@@ -333,7 +334,7 @@ class LevelDBStorage:
             self._on_commit.clear()
             budget = self._budget
             if budget is not None:
-                if _has_other_members(self._view.conf_state):
+                if _may_have_followers(self._view.conf_state):
                     budget.charge(self, self._cache_bytes)
                 else:  # one entry at most: not worth a place in the budget
                     budget.forget(self)
@@ -383,7 +384,7 @@ class LevelDBStorage:
 
     def _warm_cache(self) -> None:
         view = self._view
-        count = min(256, self._cache_max_entries) if _has_other_members(view.conf_state) else 1
+        count = min(256, self._cache_max_entries) if _may_have_followers(view.conf_state) else 1
         lo = max(view.first_index, view.last_index + 1 - count)
         if lo <= view.last_index:
             self._cache_append(list(self._read_range(lo, view.last_index + 1, None)))
@@ -471,10 +472,11 @@ class CacheBudget:
         self._total -= size
 
 
-def _has_other_members(conf_state: ConfState) -> bool:
-    """Whether anyone may replicate from this log: more than one member.
-    (A group with one member hosted here is this node's own.)"""
-    return len(conf_state.voters) + len(conf_state.learners) > 1
+def _may_have_followers(conf_state: ConfState) -> bool:
+    """False only for a group known to have one member (hosted here, so this
+    node): nobody replicates from its log. A replica that has not learned its
+    membership yet (a new one catching up) caches: it applies from the cache."""
+    return len(conf_state.voters) + len(conf_state.learners) != 1
 
 
 def _data_bytes(entries: list[Entry]) -> int:
