@@ -256,13 +256,28 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     def _accepts_sender(self, msg: Message) -> bool:
         """Messages from non-members are dropped, except a leader's (one we
         have not learned about yet) and vote requests while our membership
-        may be stale (the candidate may have been added by a change we have
-        not applied; refusing it could leave the group without a quorum)."""
+        may be stale: the candidate may have been added by a change we have
+        not applied, or not even received (its log is ahead of ours).
+        Refusing it then could leave the group with no possible quorum: a
+        voter far behind, still under a membership without the candidate,
+        would ignore the only candidate able to catch it up. A candidate
+        whose log is not ahead of ours cannot know a newer membership."""
         if not self._tracker.voters or self._tracker.is_member(msg.sender):
             return True
         if msg.type in FROM_LEADER:
             return True
-        return msg.type in VOTE_REQUESTS and self._has_unapplied_conf_change(through_last=True)
+        return msg.type in VOTE_REQUESTS and (
+            self._log_is_behind(msg.index, msg.log_term)
+            or self._has_unapplied_conf_change(through_last=True)
+        )
+
+    def _log_is_behind(self, last_index: int, last_term: int) -> bool:
+        """Whether a log ending at (``last_index``, ``last_term``) is
+        strictly more up to date than ours (§5.4.1)."""
+        our_term = self._log.last_term()
+        return last_term > our_term or (
+            last_term == our_term and last_index > self._log.last_index()
+        )
 
     # --- membership, transfer, reports from the IO layer -------------------------------
 

@@ -181,3 +181,32 @@ def test_newly_added_voter_gets_votes_from_a_member_that_has_not_applied_it() ->
     net.stabilize()
     assert net["c"].is_leader, "b must answer c although c is not yet a member for b"
     assert net["b"].dropped_messages == dropped
+
+
+def test_voter_far_behind_under_an_old_membership_answers_the_new_candidate() -> None:
+    """Found by simulator seed 400425. c misses every change from (a, b, c)
+    to (c, d): d added, b removed, then a removed (committed by a and d).
+    a steps down; the only voters left are d, up to date, and c, which
+    still believes in (a, b, c) and holds no unapplied change. If c ignored
+    d as a stranger, d could never win, c could never win (a and b have
+    longer logs), and the group would stay without a leader for ever."""
+    net = Network(["a", "b", "c"])
+    net.add_node("d", conf=ConfState(voters=("a", "b", "c")))
+    net.elect("a")
+    net.isolate("c")
+    for change in (
+        ConfChange(op=ConfChangeOp.ADD_VOTER, node_id="d"),
+        ConfChange(op=ConfChangeOp.REMOVE, node_id="b"),
+        ConfChange(op=ConfChangeOp.REMOVE, node_id="a"),
+    ):
+        net["a"].propose_conf_change(change)
+        net.stabilize()
+    assert net["d"].conf_state.voters == ("c", "d")
+    assert net["c"].conf_state.voters == ("a", "b", "c")
+    assert not net.leaders()
+    net.heal()
+    net.tick(100, nodes=["c", "d"])
+    assert net.leader().node_id == "d"
+    net.stabilize()
+    assert net["c"].conf_state.voters == ("c", "d")
+    assert net["c"].commit_index == net["d"].commit_index

@@ -59,13 +59,19 @@ def test_stale_leader_learns_the_new_term_from_its_append() -> None:
     assert b"from the past" not in net.applied_data("b")
 
 
-def test_non_member_cannot_ask_for_votes() -> None:
+def test_non_member_cannot_ask_for_votes_without_a_newer_log() -> None:
+    # A stranger whose log is not ahead of ours cannot know a membership
+    # newer than ours that includes it: dropped, whatever term it claims.
     net = Network(["a", "b", "c"])
     net.elect("a")
     net.tick(25, nodes=["b"])
     dropped = net["b"].dropped_messages
-    net["b"].step(msg(MessageType.VOTE, "b", sender="zed", term=50, index=99, log_term=99))
-    assert net["b"].dropped_messages == dropped + 1 and net["b"].term == 1
+    last = net["b"].last_index
+    for index, log_term in ((last, 1), (last - 1, 1), (last + 5, 0)):
+        net["b"].step(
+            msg(MessageType.VOTE, "b", sender="zed", term=50, index=index, log_term=log_term)
+        )
+    assert net["b"].dropped_messages == dropped + 3 and net["b"].term == 1
 
 
 def test_malformed_append_is_dropped() -> None:
