@@ -1,8 +1,10 @@
 """HTTP benchmark: fastpaca on one node against two baselines, same client.
 
 Starts each server as its own process on loopback and drives it with wrk
-(64 connections, 1,000 conversations, ~300-byte messages) twice: appends
-only, then 80% appends mixed with 20% tail reads. Prints appends/s,
+(64 connections, 1,000 conversations, ~300-byte messages): an unmeasured
+warm-up of appends (--warmup seconds, the same for every server), then two
+measured runs, appends only and 80% appends mixed with 20% tail reads.
+Prints appends/s,
 p50/p99/p999 latency and server RSS, then the ratios fastpaca/bare and
 fastpaca/redis. Finally loads --messages messages over 10,000 conversations
 into fastpaca (batch appends) and reports its RSS.
@@ -205,6 +207,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="seconds of unmeasured appends per server first"
+    )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--conversations", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=1_000_000, help="0 skips the memory phase")
@@ -222,6 +227,10 @@ def main() -> None:
                 if kind == "fastpaca":
                     asyncio.run(await_ready(port))
                 asyncio.run(create_conversations(port, args.conversations, "bench"))
+                if args.warmup:  # every server alike: first requests run colder
+                    run_wrk(port, seconds=args.warmup, connections=args.connections,
+                            append_pct=100, conversations=args.conversations,
+                            prefix="bench")  # fmt: skip
                 for append_pct in (100, 80):
                     result = run_wrk(port, seconds=args.seconds, connections=args.connections,
                                      append_pct=append_pct, conversations=args.conversations,
