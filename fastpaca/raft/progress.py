@@ -163,6 +163,13 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False  # not the probe we are waiting for
+        if rejected <= self.match:
+            # It lacks an entry it acknowledged: its replica was re-created
+            # empty since (removed, deleted, added back; an answer of its
+            # old incarnation set the match), or this answer is very late.
+            # Keeping the match would probe the same index for ever; a
+            # success after the new probe moves the match up again.
+            self.match = 0
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True

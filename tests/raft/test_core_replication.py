@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 
 from fastpaca.errors import NotLeader, ProposalDropped
-from fastpaca.raft.messages import Message, MessageType
+from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState, Message, MessageType
 from fastpaca.raft.progress import ProgressState
 from fastpaca.raft.ready import Role
 from fastpaca.raft.replication import COMMIT_ONLY
@@ -416,3 +416,24 @@ def test_a_lost_acknowledgement_is_repaired_by_the_heartbeat_round() -> None:
     assert progress is not None and progress.match < net["a"].last_index
     net.tick()  # a heartbeat round: b's answer shows it behind, an answered APPEND follows
     assert progress.match == net["a"].last_index
+
+
+def test_a_replica_re_created_empty_is_caught_up_again() -> None:
+    """Found by simulator seed 100865: d's replica was deleted and created
+    again empty while the leader still held the match its old incarnation
+    acknowledged. The leader probed the index after that match for ever and
+    ignored every rejection as stale; d never received anything again."""
+    net = Network(["a", "b", "c"])
+    net.add_node("d", conf=ConfState(voters=("a", "b", "c")))
+    net.elect("a")
+    net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="d"))
+    for n in range(5):
+        net["a"].propose(b"before %d" % n)
+    net.stabilize()
+    progress = net["a"].progress("d")
+    assert progress is not None and progress.match == net["a"].last_index
+    net.add_node("d", conf=ConfState(voters=("a", "b", "c")))  # re-created empty
+    net["a"].propose(b"after")
+    net.stabilize()
+    assert net["d"].last_index == net["a"].last_index
+    assert net.applied_data("d")[-1] == b"after"
