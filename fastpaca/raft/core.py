@@ -267,16 +267,8 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         if msg.type in FROM_LEADER:
             return True
         return msg.type in VOTE_REQUESTS and (
-            self._log_is_behind(msg.index, msg.log_term)
+            self._log.is_up_to_date(msg.index, msg.log_term, strictly=True)
             or self._has_unapplied_conf_change(through_last=True)
-        )
-
-    def _log_is_behind(self, last_index: int, last_term: int) -> bool:
-        """Whether a log ending at (``last_index``, ``last_term``) is
-        strictly more up to date than ours (§5.4.1)."""
-        our_term = self._log.last_term()
-        return last_term > our_term or (
-            last_term == our_term and last_index > self._log.last_index()
         )
 
     # --- membership, transfer, reports from the IO layer -------------------------------

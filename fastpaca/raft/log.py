@@ -117,10 +117,14 @@ class RaftLog:
             return self._snapshot
         return self.storage.snapshot_meta()
 
-    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
-        """§5.4.1: a candidate's log is at least as up to date as ours."""
+    def is_up_to_date(self, last_index: int, last_term: int, *, strictly: bool = False) -> bool:
+        """§5.4.1: a candidate's log is at least as up to date as ours
+        (``strictly``: more up to date)."""
         our_term = self.last_term()
-        return last_term > our_term or (last_term == our_term and last_index >= self.last_index())
+        if last_term != our_term:
+            return last_term > our_term
+        our_index = self.last_index()
+        return last_index > our_index if strictly else last_index >= our_index
 
     def find_conflict_by_term(self, index: int, term: int) -> int:
         """The largest index <= ``index`` whose term is <= ``term`` (or the
