@@ -323,9 +323,9 @@ class NodeHost:
         ``advance``, its followers having answered before its write ended.
         (A group whose only voter is this node commits in ``ready`` and
         applies in the same write.) The driver then runs one more iteration
-        at once, without taking new
-        input, so those entries are applied and their results released after
-        this iteration's write rather than after the next one's."""
+        at once, without taking new input, so those entries are applied and
+        their results released after this iteration's write rather than
+        after the next one's."""
         return self._apply_due
 
     # --- the iteration ----------------------------------------------------------------
