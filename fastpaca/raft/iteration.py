@@ -43,11 +43,14 @@ class IterationResult:
 
 
 class HostedGroup:
-    __slots__ = ("core", "storage")
+    __slots__ = ("compact_to", "core", "storage")
 
     def __init__(self, core: RaftNode, storage: LevelDBStorage) -> None:
         self.core = core
         self.storage = storage
+        self.compact_to = 0
+        """Index a compaction under way deletes up to, a chunk per apply
+        (``HostConfig.compact_chunk_entries``); below the first index: none."""
 
 
 class ProcessedReady(NamedTuple):

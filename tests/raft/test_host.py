@@ -3,6 +3,7 @@ hosts by the test, so every interleaving is deterministic."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Iterator
@@ -495,4 +496,38 @@ def test_single_voter_crash_before_the_write_keeps_neither_the_entry_nor_its_app
     assert host.core(5).commit_index == index - 1
     assert solo.sms["n1"].get(5, b"k") is None
     assert solo.sms["n1"].applied_index(5) == index - 1
+    solo.close()
+
+
+def test_compaction_deletes_at_most_one_chunk_per_write_until_it_reaches_its_target(
+    tmp_path: Path,
+) -> None:
+    config = HostConfig(
+        compact_threshold_entries=20, compact_keep_entries=5, compact_chunk_entries=4
+    )
+    solo = Cluster(tmp_path, ("n1",), config)
+    host, kv = solo.hosts["n1"], solo.kvs["n1"]
+    host.ensure_group(6, ["n1"])
+    solo.settle(3)
+    firsts = [LevelDBStorage.open(kv, 6).first_index()]
+    for i in range(40):  # one entry per write
+        host.propose(6, put_command(f"k{i:02d}".encode(), b"v"))
+        solo.settle(1)
+        firsts.append(LevelDBStorage.open(kv, 6).first_index())
+    applied = solo.sms["n1"].applied_index(6)
+    steps = [after - before for before, after in itertools.pairwise(firsts)]
+    assert max(steps) == 4  # never more than one chunk per write
+    # The first compaction crossed the threshold and went down, chunk by
+    # chunk, to keep=5 entries below the index applied at that moment.
+    first_compaction = next(n for n, step in enumerate(steps) if step)
+    assert steps[first_compaction : first_compaction + 4] == [4, 4, 4, 4]
+    # Everything stays within the threshold plus one chunk, and the log is
+    # readable from its new first index on.
+    storage = LevelDBStorage.open(kv, 6)
+    assert applied - storage.first_index() + 1 <= 20 + 4
+    assert storage.first_index() > 1
+    assert solo.sms["n1"].get(6, b"k39") == b"v"
+    solo.stop("n1")
+    restarted = solo.start("n1")
+    assert restarted.core(6).applied_index == applied
     solo.close()

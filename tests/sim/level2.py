@@ -244,10 +244,14 @@ class HostLevel:
         self._lie_about_sync = lie_about_sync
         rng = sim.rng
         threshold = rng.choice((6, 12, 40, 20_000))
+        chunk_bytes = rng.choice((24, 200, 256 * 1024))
+        keep = rng.randint(0, threshold // 2)
         self.host_config = HostConfig(
-            snapshot_chunk_bytes=rng.choice((24, 200, 256 * 1024)),
+            snapshot_chunk_bytes=chunk_bytes,
             compact_threshold_entries=threshold,
-            compact_keep_entries=rng.randint(0, threshold // 2),
+            compact_keep_entries=keep,
+            # Derived, not drawn: a new draw would change every seed's run.
+            compact_chunk_entries=(1, 3, 1_000)[keep % 3],
             snapshot_timeout_ticks=rng.choice((20, 60, 200)),
             send_leader_appends_early=rng.random() < 0.8,
         )
