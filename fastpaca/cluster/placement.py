@@ -12,6 +12,7 @@ same answer with no coordination:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -37,5 +38,12 @@ def rendezvous_replicas(
 
     Ties (astronomically unlikely) break by node id so the order is total.
     """
-    ranked = sorted(set(node_ids), key=lambda node: (-_score(group_id, node), node))
-    return ranked[:replication]
+    return list(_ranked(group_id, frozenset(node_ids))[:replication])
+
+
+@functools.lru_cache(maxsize=4096)
+def _ranked(group_id: int, node_ids: frozenset[str]) -> tuple[str, ...]:
+    # Cached: the coordinator ranks every group's nodes several times a
+    # second, and the set of nodes rarely changes; hashing and sorting were
+    # most of what an idle coordinator spent planning.
+    return tuple(sorted(node_ids, key=lambda node: (-_score(group_id, node), node)))
