@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -202,6 +204,29 @@ async def test_body_over_the_limit_is_413(make_node: Any) -> None:
     assert (await response.json())["error"] == "payload_too_large"
     small = await client.post(URL, json={"message": msg("x" * 1000)})
     assert small.status == 201
+
+
+async def _in_pieces(body: bytes, piece: int = 700) -> AsyncIterator[bytes]:
+    """The body as a chunked upload whose pieces arrive apart: the handler
+    starts before the whole body is there."""
+    for start in range(0, len(body), piece):
+        yield body[start : start + piece]
+        await asyncio.sleep(0.01)
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole_and_limited(make_node: Any) -> None:
+    client = await make_node(FASTPACA_MAX_BODY_BYTES=2048)
+    await client.put("/v1/conversations/c1")
+    headers = {"Content-Type": "application/json"}
+    whole = orjson.dumps({"message": msg("y" * 1500)})
+    response = await client.post(URL, data=_in_pieces(whole), headers=headers)
+    assert response.status == 201
+    tail = await (await client.get("/v1/conversations/c1/tail")).json()
+    assert tail["messages"][-1]["parts"][0]["text"] == "y" * 1500
+    too_big = orjson.dumps({"message": msg("z" * 4096)})
+    response = await client.post(URL, data=_in_pieces(too_big), headers=headers)
+    assert response.status == 413
+    assert (await response.json())["error"] == "payload_too_large"
 
 
 async def test_tail_pages_newest_first_in_chronological_order(conv: TestClient) -> None:
