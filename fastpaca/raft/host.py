@@ -450,12 +450,31 @@ class NodeHost:
         if rd.snapshot is not None:
             self._snapshots.install(group.storage, rd.snapshot, batch)
         if rd.entries:
-            group.storage.stage_append(batch, rd.entries)
+            if self._applied_at_once(rd) and group.storage.can_fold(rd.entries):
+                group.storage.stage_fold(batch, rd.entries)
+            else:
+                group.storage.stage_append(batch, rd.entries)
         if rd.hard_state is not None:
             group.storage.stage_hard_state(batch, rd.hard_state)
         if rd.committed_entries:
             return self._apply(group_id, group, rd.committed_entries, batch)
         return None
+
+    def _is_alone(self, group: HostedGroup) -> bool:
+        conf = group.core.conf_state
+        return conf.voters == (self.node_id,) and not conf.learners
+
+    @staticmethod
+    def _applied_at_once(rd: Ready) -> bool:
+        """Every new entry of ``rd`` is applied by this same Ready (the only
+        voter commits its entries in the write that persists them)."""
+        committed = rd.committed_entries
+        return (
+            rd.snapshot is None
+            and bool(committed)
+            and committed[0].index <= rd.entries[0].index
+            and committed[-1].index >= rd.entries[-1].index
+        )
 
     def _apply(
         self, group_id: int, group: HostedGroup, entries: list[Entry], batch: WriteBatch
@@ -482,6 +501,10 @@ class NodeHost:
         first = group.storage.staged_first_index()
         if group.compact_to < first and applied - first + 1 > config.compact_threshold_entries:
             group.compact_to = applied - config.compact_keep_entries
+        elif group.compact_to < first <= applied and self._is_alone(group):
+            # Nobody reads this log back: empty it, and its next entries
+            # are folded into the base (``LevelDBStorage.stage_fold``).
+            group.compact_to = applied
         if group.compact_to >= first:
             chunk_end = first + config.compact_chunk_entries - 1
             group.storage.stage_compact(batch, min(group.compact_to, chunk_end))

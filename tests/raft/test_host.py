@@ -23,7 +23,14 @@ from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.host import HostConfig, IterationResult, NodeHost
 from fastpaca.raft.kv import LevelDBKV
 from fastpaca.raft.leveldb import LevelDBStorage
-from fastpaca.raft.messages import ConfState, Message, MessageType, SnapshotMeta
+from fastpaca.raft.messages import (
+    ConfChange,
+    ConfChangeOp,
+    ConfState,
+    Message,
+    MessageType,
+    SnapshotMeta,
+)
 from fastpaca.raft.testing import KVStateMachine, put_command
 
 NAMES = ("n1", "n2", "n3")
@@ -160,7 +167,11 @@ def test_single_voter_group_elects_itself_applies_and_restarts(tmp_path: Path) -
     assert host.is_leader(5)
     assert host.core(5).term > term
     assert solo.sms["n1"].get(5, b"k") == b"v2"
-    assert host.core(5).log_term(index) == term
+    # Its entries were never stored: each was applied by the write that
+    # would have stored it, which moved the log's base past it instead.
+    entry_keys = b"r\x00\x05e"
+    assert list(solo.kvs["n1"].iterate(entry_keys, entry_keys + b"\xff")) == []
+    assert LevelDBStorage.open(solo.kvs["n1"], 5).snapshot_meta().index >= index
     solo.close()
 
 
@@ -505,16 +516,19 @@ def test_compaction_deletes_at_most_one_chunk_per_write_until_it_reaches_its_tar
     config = HostConfig(
         compact_threshold_entries=20, compact_keep_entries=5, compact_chunk_entries=4
     )
-    solo = Cluster(tmp_path, ("n1",), config)
-    host, kv = solo.hosts["n1"], solo.kvs["n1"]
-    host.ensure_group(6, ["n1"])
-    solo.settle(3)
+    # Three members: a lone voter stores no entries at all (``stage_fold``).
+    trio = Cluster(tmp_path, NAMES, config)
+    for host in trio.hosts.values():
+        host.ensure_group(6, NAMES)
+    leader = trio.elect(6)
+    host, kv = trio.hosts[leader], trio.kvs[leader]
     firsts = [LevelDBStorage.open(kv, 6).first_index()]
-    for i in range(40):  # one entry per write
+    for i in range(40):  # one entry per round, committed and applied in it
         host.propose(6, put_command(f"k{i:02d}".encode(), b"v"))
-        solo.settle(1)
+        trio.settle(1)
         firsts.append(LevelDBStorage.open(kv, 6).first_index())
-    applied = solo.sms["n1"].applied_index(6)
+    trio.settle(3)
+    applied = trio.sms[leader].applied_index(6)
     steps = [after - before for before, after in itertools.pairwise(firsts)]
     assert max(steps) == 4  # never more than one chunk per write
     # The first compaction crossed the threshold and went down, chunk by
@@ -526,8 +540,57 @@ def test_compaction_deletes_at_most_one_chunk_per_write_until_it_reaches_its_tar
     storage = LevelDBStorage.open(kv, 6)
     assert applied - storage.first_index() + 1 <= 20 + 4
     assert storage.first_index() > 1
-    assert solo.sms["n1"].get(6, b"k39") == b"v"
-    solo.stop("n1")
-    restarted = solo.start("n1")
+    assert trio.sms[leader].get(6, b"k39") == b"v"
+    trio.stop(leader)
+    restarted = trio.start(leader)
     assert restarted.core(6).applied_index == applied
-    solo.close()
+    trio.close()
+
+
+def _entry_indexes(kv: LevelDBKV, group_id: int) -> list[int]:
+    prefix = b"r" + struct.pack(">H", group_id) + b"e"
+    return [struct.unpack(">Q", key[4:])[0] for key, _ in kv.iterate(prefix, prefix + b"\xff")]
+
+
+def test_a_lone_voter_stores_no_entries_until_a_learner_joins(tmp_path: Path) -> None:
+    pair = Cluster(tmp_path, ("n1", "n2"))
+    n1, n2 = pair.hosts["n1"], pair.hosts["n2"]
+    n1.ensure_group(7, ["n1"])
+    pair.settle(3)
+    for i in range(10):
+        n1.propose(7, put_command(f"a{i}".encode(), b"alone"))
+        pair.settle(1)
+    applied = pair.sms["n1"].applied_index(7)
+    # The bootstrap's membership entry was stored, then compacted away; the
+    # appends were folded into the base as they were applied.
+    assert _entry_indexes(pair.kvs["n1"], 7) == []
+    base = LevelDBStorage.open(pair.kvs["n1"], 7).snapshot_meta()
+    assert base.index == applied and base.term == n1.core(7).term
+    assert base.conf_state == ConfState(voters=("n1",))
+
+    # A learner joins: it catches up from a snapshot (the log has nothing
+    # to send), and from then on the leader stores its entries.
+    n2.ensure_group(7, [])
+    n1.propose_conf_change(7, ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="n2"))
+    for _ in range(60):
+        pair.round(tick=True)
+        if pair.sms["n2"].items(7) == pair.sms["n1"].items(7):
+            break
+    assert pair.sms["n2"].items(7) == pair.sms["n1"].items(7)
+    assert n2.stats.snapshots_installed == 1
+    n1.propose(7, put_command(b"b", b"shared"))
+    for _ in range(30):  # after the install the leader probes n2 again on a beat
+        pair.round(tick=True)
+        if pair.sms["n2"].get(7, b"b") is not None:
+            break
+    assert pair.sms["n2"].get(7, b"b") == b"shared"
+    last = n1.core(7).last_index
+    assert last in _entry_indexes(pair.kvs["n1"], 7)
+    assert last in _entry_indexes(pair.kvs["n2"], 7)
+
+    # Restarted, the lone node's base and state are intact.
+    pair.stop("n1")
+    restarted = pair.start("n1")
+    assert restarted.core(7).applied_index >= applied + 1
+    assert pair.sms["n1"].get(7, b"a9") == b"alone"
+    pair.close()
