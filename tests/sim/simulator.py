@@ -118,8 +118,9 @@ class Simulator:
         self.checker = InvariantChecker()
         self.trace = Trace()
         self.network = SimNetwork(self.params, self.rng, self.queue, self._deliver)
+        node_ids = self.params.node_ids  # 3 or 5, or 1 for a lone node's runs
         self.placement = {
-            group: tuple(sorted(self.rng.sample(self.params.node_ids, 3)))
+            group: tuple(sorted(self.rng.sample(node_ids, min(3, len(node_ids)))))
             for group in range(self.params.group_count)
         }
         self.phase = "safety"

@@ -37,6 +37,28 @@ def test_host_level_seeds(sim_seeds: list[int], sim_safety_ms: int) -> None:
     print(f"{len(results)} host-level seeds in {seconds:.1f}s")
 
 
+LONE_NODE = {
+    "node_ids": ("n1",),
+    "tick_ms_by_node": (10,),
+    # Nothing to partition, transfer to or add: crashes, write faults and
+    # restarts remain, which is what a lone voter's log folding must survive.
+    "partition_interval_ms": 0,
+    "transfer_interval_ms": 0,
+    "conf_change_interval_ms": 0,
+    "blip_interval_ms": 0,
+    "link_down_rate": 0.0,
+}
+
+
+def test_host_level_seeds_of_a_lone_node(sim_seeds: list[int], sim_safety_ms: int) -> None:
+    """Every group has one voter, so entries are folded into the log's base
+    as they are applied (``LevelDBStorage.stage_fold``), across crashes."""
+    results, _ = run_seeds(sim_seeds, host_level, safety_ms=sim_safety_ms, overrides=LONE_NODE)
+    assert sum(r.stats["acked"] for r in results) > 0
+    if len(results) >= 50:
+        assert sum(r.stats["crashes"] for r in results) > 0
+
+
 def test_host_level_seed_replays_exactly(replay_seed: int | None) -> None:
     seeds = [4, 5] if replay_seed is None else [replay_seed]  # memory and LevelDB
     for seed in seeds:
