@@ -174,12 +174,18 @@ class _Buckets:
         self.total += value
 
     def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
-        family.add_metric(list(labels), buckets, self.total)
+        family.add_metric(list(labels), _cumulative(self.bounds, self.counts), self.total)
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` label, cumulative count) from raw counts,
+    the last of which holds the samples above every bound."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+    return buckets
 
 
 class _RequestCollector(Collector):
@@ -280,15 +286,10 @@ class _RaftCollector(Collector):
 
 def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
     histogram = stats.commit_latency
-    buckets: list[tuple[str, float]] = []
-    cumulative = 0
-    for bound, count in zip((*histogram.bounds_s, float("inf")), histogram.counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
     return HistogramMetricFamily(
         "fastpaca_raft_commit_latency_seconds",
         "Time from propose to apply of this node's proposals.",
-        buckets=buckets,
+        buckets=_cumulative(histogram.bounds_s, histogram.counts),
         sum_value=histogram.total_s,
     )
 

@@ -449,11 +449,10 @@ class NodeHost:
         hard state, then apply (the state machine writes into the same batch)."""
         if rd.snapshot is not None:
             self._snapshots.install(group.storage, rd.snapshot, batch)
-        if rd.entries:
-            if self._applied_at_once(rd) and group.storage.can_fold(rd.entries):
-                group.storage.stage_fold(batch, rd.entries)
-            else:
-                group.storage.stage_append(batch, rd.entries)
+        if rd.entries and not (
+            self._applied_at_once(rd) and group.storage.stage_fold(batch, rd.entries)
+        ):
+            group.storage.stage_append(batch, rd.entries)
         if rd.hard_state is not None:
             group.storage.stage_hard_state(batch, rd.hard_state)
         if rd.committed_entries:
@@ -496,7 +495,7 @@ class NodeHost:
         """Once the log holds more than the threshold, compact it down to
         ``compact_keep_entries`` below ``applied``, one chunk per apply of
         this group (a group that goes idle mid-way finishes with its next
-        append; its log is then at most one chunk short of the threshold)."""
+        append; its log meanwhile holds no more than the threshold)."""
         config = self._config
         first = group.storage.staged_first_index()
         if group.compact_to < first and applied - first + 1 > config.compact_threshold_entries:

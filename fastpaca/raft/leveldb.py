@@ -271,34 +271,29 @@ class LevelDBStorage:
         else:
             self._on_commit.append((self._cache_keep_last, entries[-1]))
 
-    def can_fold(self, entries: list[Entry]) -> bool:
-        """Whether ``stage_fold`` may take ``entries``: the group has one
-        member and an empty log that ``entries`` continue, and none of them
-        changes the membership. (The caller also guarantees they are all
-        applied in the same batch.)"""
+    def stage_fold(self, batch: WriteBatch, entries: list[Entry]) -> bool:
+        """Move the log's base past ``entries`` instead of storing them, for
+        a group whose only member is this node, when the caller applies them
+        in the same batch: nobody will read them back, neither a follower
+        nor this node's apply, so writing them would only double the bytes
+        written per append (the state machine stores the message too) and
+        leave LevelDB a deletion to do at compaction. Stages nothing and
+        returns False unless the group has one member and an empty log that
+        ``entries`` continue, and none of them changes the membership."""
         view = self._staged or self._view
-        return (
-            not _may_have_followers(view.conf_state)
-            and view.first_index == view.last_index + 1
-            and entries[0].index == view.first_index
-            and all(entry.type is EntryType.NORMAL for entry in entries)
-        )
-
-    def stage_fold(self, batch: WriteBatch, entries: list[Entry]) -> None:
-        """Move the log's base past ``entries`` instead of storing them. Only
-        for a group whose only member is this node, when the same batch
-        applies them (``can_fold``): nobody will read them back, neither a
-        follower nor this node's apply, so writing them would only double
-        the bytes written per append (the state machine stores the message
-        too) and leave LevelDB a deletion to do at compaction."""
-        if not self.can_fold(entries):
-            raise ValueError(f"group {self._group_id}: cannot fold [{entries[0].index}, ...]")
-        view = self._staged or self._view
+        if (
+            _may_have_followers(view.conf_state)
+            or view.first_index != view.last_index + 1
+            or entries[0].index != view.first_index
+            or any(entry.type is not EntryType.NORMAL for entry in entries)
+        ):
+            return False
         last = entries[-1]
         meta = SnapshotMeta(index=last.index, term=last.term, conf_state=view.conf_state)
         batch.put(self._prefix + b"s", encode_snapshot_meta(meta))
         self._staged = _View(last.index + 1, last.index, view.hard_state, view.conf_state, meta)
         self._on_commit.append((self._cache_reset, last.index + 1))
+        return True
 
     def stage_hard_state(self, batch: WriteBatch, hs: HardState) -> None:
         batch.put(self._prefix + b"h", encode_hard_state(hs))
