@@ -188,14 +188,19 @@ def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[st
     return buckets
 
 
-class _RequestCollector(Collector):
+class _ScrapeTimeCollector(Collector):
+    """A collector whose series are read at scrape time: it describes
+    nothing up front, so registering it reads nothing."""
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+
+class _RequestCollector(_ScrapeTimeCollector):
     """The per-message and per-request series, from ``Metrics``' plain counts."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-
-    def describe(self) -> list[CounterMetricFamily]:
-        return []  # collected lazily; nothing to check at registration
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         metrics = self._metrics
@@ -222,12 +227,9 @@ class _RequestCollector(Collector):
         yield durations
 
 
-class _RaftCollector(Collector):
+class _RaftCollector(_ScrapeTimeCollector):
     def __init__(self, stats: RaftStats) -> None:
         self._stats = stats
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []  # collected lazily; nothing to check at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         stats = self._stats
@@ -294,7 +296,7 @@ def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
     )
 
 
-class _PubSubCollector(Collector):
+class _PubSubCollector(_ScrapeTimeCollector):
     _COUNTERS = {
         "events_published": "Stream events this node, as group leader, gave its own subscribers.",
         "events_forwarded": "Stream event copies sent to other nodes for their subscribers.",
@@ -314,9 +316,6 @@ class _PubSubCollector(Collector):
     def __init__(self, stats: PubSubStats) -> None:
         self._stats = stats
 
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []
-
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats
         for field, help_text in self._COUNTERS.items():
@@ -335,12 +334,9 @@ class _PubSubCollector(Collector):
         )
 
 
-class _StreamCollector(Collector):
+class _StreamCollector(_ScrapeTimeCollector):
     def __init__(self, stats: Callable[[], StreamStats]) -> None:
         self._stats = stats
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats()
@@ -371,12 +367,9 @@ class _StreamCollector(Collector):
         )  # fmt: skip
 
 
-class _ClusterCollector(Collector):
+class _ClusterCollector(_ScrapeTimeCollector):
     def __init__(self, numbers: Callable[[], ClusterNumbers]) -> None:
         self._numbers = numbers
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         numbers = self._numbers()
