@@ -378,6 +378,54 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         rd.read_states, self._read_states = self._read_states, []
         return rd
 
+    def ready_alone(self) -> tuple[list[Entry], HardState] | None:
+        """The only voter's shortcut around ``ready``/``advance`` for the one
+        kind of Ready such a group has while it takes appends: new entries
+        of this term, which commit in the write that persists them (see
+        ``_commit_with_own_write``) and are applied in that same write, plus
+        the commit-only hard state to store. Returns (entries, hard state),
+        with the entries handed out both to persist and to apply; the caller
+        does both in one batch, then calls ``advance_alone`` once it is
+        durable. None, changing nothing, whenever a Ready would hold anything
+        else (messages, reads, a role or term change, a snapshot, older
+        committed entries): then ``ready`` as usual. It does per append what
+        ``ready`` plus ``advance`` do, in a fraction of the calls: on a node
+        alone, that pair was about a third of the engine's work."""
+        if (
+            self._role is not _LEADER
+            or self._messages
+            or self._read_states
+            or self._read_heartbeat_pending
+            or self._reads_waiting_commit
+            or self._tracker.voters != self._only_me
+            or self._tracker.learners
+            or self._soft_state_changed()
+            or self._prev_hard.term != self._term
+            or self._prev_hard.vote != self._vote
+        ):
+            return None
+        entries = self._log.take_entries_after_commit()
+        if not entries:
+            return None
+        last = entries[-1]
+        self._commit_with_own_write(last)
+        if self._log.committed != last.index:
+            raise InvariantViolation(
+                f"group {self._group_id}: lone voter's entry {last.index} did not commit"
+            )
+        self._log.applying = last.index
+        self._entries_to_broadcast = self._commit_to_broadcast = False  # nobody to send to
+        hard = self._prev_hard = HardState(term=self._term, vote=self._vote, commit=last.index)
+        return entries, hard
+
+    def advance_alone(self, last: Entry) -> None:
+        """``advance`` for ``ready_alone``: its entries, up to ``last``, are
+        durable and applied."""
+        if not self._log.stable_to(last.index, last.term):
+            raise InvariantViolation(f"group {self._group_id}: entry {last.index} not stable")
+        self._log.applied_to(last.index)
+        self._uncommitted_bytes = 0  # all of the log is committed
+
     def _commit_with_own_write(self, last: Entry) -> None:
         """Leader and only voter: the write that makes ``last`` durable is the
         whole quorum, so it commits there. Counting the leader's own copy

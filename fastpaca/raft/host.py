@@ -351,6 +351,11 @@ class NodeHost:
             group = self._groups.get(group_id)
             if group is None:
                 continue
+            alone = group.core.ready_alone()
+            if alone is not None:
+                readies.append(self._persist_alone(group_id, group, *alone, batch))
+                must_sync = True
+                continue
             only_messages = group.core.take_messages_if_only()
             if only_messages is not None:
                 # Nothing to persist or advance (heartbeats, their answers).
@@ -391,6 +396,14 @@ class NodeHost:
         for group_id, group, rd, applied in iteration.readies:
             group.storage.on_written()
             core = group.core
+            if rd is None:  # the lone voter's shortcut: entries persisted and applied
+                if applied is None:
+                    raise InvariantViolation(f"group {group_id}: shortcut without its apply")
+                core.advance_alone(applied.entries[-1])
+                result.applied.append(applied)
+                if core.has_ready():  # e.g. a membership change it applied
+                    self._dirty.add(group_id)
+                continue
             core.advance(rd)
             self._dirty.add(group_id)  # e.g. the leader's commit moved in advance
             if core.commit_index > core.applied_index:
@@ -458,6 +471,22 @@ class NodeHost:
         if rd.committed_entries:
             return self._apply(group_id, group, rd.committed_entries, batch)
         return None
+
+    def _persist_alone(
+        self,
+        group_id: int,
+        group: HostedGroup,
+        entries: list[Entry],
+        hard_state: HardState,
+        batch: WriteBatch,
+    ) -> ProcessedReady:
+        """``_persist`` for ``RaftNode.ready_alone``: the new entries (folded
+        into the log's base where possible), the commit, and their apply."""
+        storage = group.storage
+        if not storage.stage_fold(batch, entries):
+            storage.stage_append(batch, entries)
+        storage.stage_hard_state(batch, hard_state)
+        return ProcessedReady(group_id, group, None, self._apply(group_id, group, entries, batch))
 
     def _is_alone(self, group: HostedGroup) -> bool:
         conf = group.core.conf_state

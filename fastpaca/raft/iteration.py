@@ -56,7 +56,9 @@ class HostedGroup:
 class ProcessedReady(NamedTuple):
     group_id: int
     group: HostedGroup
-    ready: Ready
+    ready: Ready | None
+    """None: the lone voter's shortcut (``RaftNode.ready_alone``), whose
+    entries ``applied`` holds."""
     applied: AppliedBatch | None
 
 

@@ -214,6 +214,22 @@ class RaftLog:
         self._offset_in_progress = self._offset + len(self._unstable)
         return entries
 
+    def take_entries_after_commit(self) -> list[Entry]:
+        """The unstable entries not handed out yet, marked handed out, when
+        they are all there is to do: they follow the commit index directly,
+        everything committed was handed out to apply, and no snapshot waits.
+        Empty otherwise, and nothing changes. The lone voter's shortcut
+        (``RaftNode.ready_alone``) commits exactly these."""
+        if (
+            self._snapshot is not None
+            or self.applying != self.committed
+            or self._offset_in_progress != self.committed + 1
+        ):
+            return []
+        entries = self._unstable[self._offset_in_progress - self._offset :]
+        self._offset_in_progress += len(entries)
+        return entries
+
     def next_unstable_snapshot(self) -> SnapshotMeta | None:
         if self._snapshot is None or self._snapshot_in_progress:
             return None

@@ -11,6 +11,7 @@ unknown version or is truncated raises ``CorruptLogError(group, index, ...)``
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Callable
@@ -86,7 +87,11 @@ def _unseal(group_id: int, what: str, record: bytes) -> memoryview:
     return body
 
 
+@functools.lru_cache(maxsize=256)
 def _pack_names(names: tuple[str, ...]) -> bytes:
+    # Cached: a group's membership is packed into its log base on every
+    # append of a lone voter (``LevelDBStorage.stage_fold``), and only a
+    # handful of distinct memberships ever exist.
     parts = [_U16.pack(len(names))]
     for name in names:
         raw = name.encode()

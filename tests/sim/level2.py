@@ -152,6 +152,8 @@ class HostProcess:
         """A won election shows as a soft state in the next Ready: the node
         leads from that moment, written or not."""
         for processed in iteration.readies:
+            if processed.ready is None:  # the lone voter's shortcut: no role change
+                continue
             soft = processed.ready.soft_state
             if soft is not None and soft.role is Role.LEADER:
                 group = processed.group_id
@@ -170,19 +172,27 @@ class HostProcess:
         for processed in iteration.readies:
             group, rd = processed.group_id, processed.ready
             core = self._host.core(group)
-            if rd.snapshot is not None:
-                checker.observe_snapshot_installed(self.node_id, group, rd.snapshot.index)
-            if rd.entries:
-                first = rd.entries[0].index
+            if rd is None:
+                # The lone voter's shortcut (``RaftNode.ready_alone``): its
+                # applied entries were persisted and committed in this write.
+                if processed.applied is None:
+                    raise InvariantViolation(f"group {group}: shortcut without its apply")
+                entries = list(processed.applied.entries)
+                commit: int | None = entries[-1].index
+            else:
+                if rd.snapshot is not None:
+                    checker.observe_snapshot_installed(self.node_id, group, rd.snapshot.index)
+                entries = rd.entries
+                commit = None if rd.hard_state is None else rd.hard_state.commit
+            if entries:
+                first = entries[0].index
                 prev_term = core.log_term(first - 1)
                 if prev_term or first == 1:
-                    checker.observe_persisted(self.node_id, group, rd.entries, prev_term)
+                    checker.observe_persisted(self.node_id, group, entries, prev_term)
                 else:  # predecessor compacted away: check from the second entry on
-                    checker.observe_persisted(
-                        self.node_id, group, rd.entries[1:], rd.entries[0].term
-                    )
-            if rd.hard_state is not None:
-                self._observe_commit(group, rd.hard_state.commit)
+                    checker.observe_persisted(self.node_id, group, entries[1:], entries[0].term)
+            if commit is not None:
+                self._observe_commit(group, commit)
             if processed.applied is not None:
                 checker.observe_applied(self.node_id, group, processed.applied.entries, core.term)
 
