@@ -418,6 +418,20 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         hard = self._prev_hard = HardState(term=self._term, vote=self._vote, commit=last.index)
         return entries, hard
 
+    def read_index_alone(self) -> int | None:
+        """What ``read_index`` would answer, at once and with no Ready, for a
+        leader that is its group's only voter and has committed an entry of
+        its term: the commit index. None for any other node (then use
+        ``read_index``). No other node can lead such a group, so no round
+        of heartbeats is needed to confirm the leadership."""
+        if (
+            self._role is _LEADER
+            and self._tracker.voters == self._only_me
+            and self._committed_in_current_term()
+        ):
+            return self._log.committed
+        return None
+
     def advance_alone(self, last: Entry) -> None:
         """``advance`` for ``ready_alone``: its entries, up to ``last``, are
         durable and applied."""

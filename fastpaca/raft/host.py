@@ -309,6 +309,19 @@ class NodeHost:
         self._leader_core(group_id).read_index(context)
         self._dirty.add(group_id)
 
+    def is_readable_at_once(self, group_id: int) -> bool:
+        """A linearizable read of ``group_id`` may read the KV right now: this
+        node is the group's only voter and leader (``read_index_alone``) and
+        has applied up to that read index, so every write acknowledged so far
+        is in the KV. Never true for a group whose apply is in a write under
+        way (committed in ``prepare``, applied in ``finish``). Callable at
+        any time, mid-iteration too: it reads, never changes."""
+        group = self._groups.get(group_id)
+        if group is None:
+            return False
+        index = group.core.read_index_alone()
+        return index is not None and group.core.applied_index >= index
+
     def transfer_leadership(self, group_id: int, to: str) -> None:
         self._leader_core(group_id).transfer_leadership(to)
         self._dirty.add(group_id)

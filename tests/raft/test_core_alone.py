@@ -99,3 +99,20 @@ def test_a_follower_or_an_idle_leader_gets_nothing() -> None:
 
     _, replica = _alone()
     assert replica.node.ready_alone() is None  # idle: nothing proposed
+
+
+def test_the_read_index_comes_at_once_only_to_a_lone_leader_with_a_commit_of_its_term() -> None:
+    net = Network(["n1"])
+    leader = net["n1"]
+    leader.campaign()  # alone: it leads at once, with its term's first entry uncommitted
+    assert leader.is_leader and leader.read_index_alone() is None
+    net.process_all()
+    assert leader.read_index_alone() == leader.commit_index > 0
+
+    trio = Network(["n1", "n2", "n3"])
+    leader = trio.elect("n1")
+    trio.process_all()
+    trio.deliver()
+    trio.process_all()
+    assert leader.read_index_alone() is None  # confirming it needs a round of heartbeats
+    assert trio.node("n2").read_index_alone() is None

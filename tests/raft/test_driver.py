@@ -163,6 +163,40 @@ async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
     await driver.stop()
 
 
+async def test_lone_voter_reads_at_once_except_while_its_apply_is_being_written() -> None:
+    hub = InMemoryHub()
+    kv = _GatedKV()
+    sm = KVStateMachine(kv)
+    transport = hub.transport("n1")
+    driver = RaftDriver(node_id="n1", kv=kv, state_machine=sm, transport=transport, config=FAST)
+    await transport.start()
+    await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver.is_leader(1))
+    await driver.propose(1, put_command(b"k", b"v0"), timeout_s=2)
+
+    # Nothing in flight: the barrier passes with no iteration at all.
+    iterations = driver.stats.iterations
+    await driver.read_barrier(1, timeout_s=2)
+    assert driver.stats.iterations == iterations
+    assert sm.get(1, b"k") == b"v0"
+
+    # An apply committed but still being written: the read takes the read
+    # index round and returns only once that write is done and visible.
+    kv.gate.clear()
+    kv.in_synced_write.clear()
+    write = asyncio.create_task(driver.propose(1, put_command(b"k", b"v1"), timeout_s=2))
+    await wait_for(kv.in_synced_write.is_set)
+    read = asyncio.create_task(driver.read_barrier(1, timeout_s=2))
+    await asyncio.sleep(0.02)
+    assert not read.done()
+    kv.gate.set()
+    await read
+    assert sm.get(1, b"k") == b"v1"
+    await write
+    await driver.stop()
+
+
 class _PolicyKV(MemoryKV):
     """Records the scheduling policy of the thread each fsync'd write runs in
     (an apply pass's unsynced write runs inline, in the loop's thread)."""
