@@ -2,12 +2,21 @@
 
 Starts each server as its own process on loopback and drives it with wrk
 (64 connections, 1,000 conversations, ~300-byte messages): an unmeasured
-warm-up of appends (--warmup seconds, the same for every server), then two
+warm-up of appends (--warmup seconds, the same for every server), then
 measured runs, appends only and 80% appends mixed with 20% tail reads.
-Prints appends/s,
-p50/p99/p999 latency and server RSS, then the ratios fastpaca/bare and
-fastpaca/redis. Finally loads --messages messages over 10,000 conversations
-into fastpaca (batch appends) and reports its RSS.
+
+The measured runs are interleaved: all servers stay up, and each of
+--rounds rounds runs every server once per mix (--seconds each), in an order
+that rotates between rounds. A shared machine's speed drifts by 10-30%
+within a minute; measured one after the other, each server would meet a
+different machine. Each round's ratios compare servers measured seconds
+apart, and the printed figures are medians over the rounds (with the
+range of the per-round ratios).
+
+Prints appends/s, p50/p99/p999 latency and server RSS per server and mix,
+then the ratios fastpaca/bare and fastpaca/redis. Finally loads --messages
+messages over 10,000 conversations into fastpaca (batch appends), reports
+its RSS, kills it with SIGKILL and times its restart.
 
 Servers:
   fastpaca  `python -m fastpaca serve` on a fresh LevelDB dir (fsync on)
@@ -28,12 +37,13 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -202,11 +212,17 @@ def fmt(result: dict[str, float], rss: float) -> str:
     )
 
 
+def _median_result(results: list[dict[str, float]]) -> dict[str, float]:
+    """Field by field, the median over rounds."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=4, help="per server, mix and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--warmup", type=int, default=3, help="seconds of unmeasured appends per server first"
     )
@@ -220,53 +236,75 @@ def main() -> None:
             sys.exit(f"{tool} not found: run `make bench`, which installs it")
 
     kinds = args.servers.split(",")
-    results: dict[tuple[str, int], dict[str, float]] = {}
-    for kind in kinds:
-        with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
-            with server(kind, Path(tmp)) as (port, pid):
-                if kind == "fastpaca":
-                    asyncio.run(await_ready(port))
-                asyncio.run(create_conversations(port, args.conversations, "bench"))
-                if args.warmup:  # every server alike: first requests run colder
-                    run_wrk(port, seconds=args.warmup, connections=args.connections,
-                            append_pct=100, conversations=args.conversations,
-                            prefix="bench")  # fmt: skip
-                for append_pct in (100, 80):
+    mixes = (100, 80)
+    rounds: dict[tuple[str, int], list[dict[str, float]]] = {
+        (kind, pct): [] for kind in kinds for pct in mixes
+    }
+    with ExitStack() as stack:
+        running: dict[str, tuple[int, int, Path]] = {}
+        for kind in kinds:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{kind}-")))
+            port, pid = stack.enter_context(server(kind, tmp))
+            running[kind] = (port, pid, tmp)
+            if kind == "fastpaca":
+                asyncio.run(await_ready(port))
+            asyncio.run(create_conversations(port, args.conversations, "bench"))
+            if args.warmup:  # every server alike: first requests run colder
+                run_wrk(port, seconds=args.warmup, connections=args.connections,
+                        append_pct=100, conversations=args.conversations,
+                        prefix="bench")  # fmt: skip
+        for round_no in range(args.rounds):
+            order = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]
+            for kind in order:
+                port = running[kind][0]
+                for pct in mixes:
                     result = run_wrk(port, seconds=args.seconds, connections=args.connections,
-                                     append_pct=append_pct, conversations=args.conversations,
+                                     append_pct=pct, conversations=args.conversations,
                                      prefix="bench")  # fmt: skip
-                    results[(kind, append_pct)] = result
-                    print(f"{kind:9s} {append_pct:3d}% appends: {fmt(result, rss_mb(pid))}",
-                          flush=True)  # fmt: skip
-                if kind == "fastpaca" and args.messages:
-                    elapsed = asyncio.run(
-                        load_messages(port, messages=args.messages, conversations=10_000, batch=100)
-                    )
-                    print(
-                        f"fastpaca  loaded {args.messages} messages over 10000 conversations in"
-                        f" {elapsed:.1f} s ({args.messages / elapsed:.0f} msg/s):"
-                        f" rss {rss_mb(pid):.1f} MB",
-                        flush=True,
-                    )
-                    os.kill(pid, signal.SIGKILL)  # the restart below starts from a crash
-            if kind == "fastpaca" and args.messages:
-                started = time.monotonic()
-                with server(kind, Path(tmp)) as (port, pid):
-                    asyncio.run(await_ready(port, timeout_s=120))
-                    print(
-                        f"fastpaca  restart after kill -9 with those messages stored: ready in"
-                        f" {time.monotonic() - started:.1f} s, rss {rss_mb(pid):.1f} MB",
-                        flush=True,
-                    )
+                    rounds[(kind, pct)].append(result)
+            print(f"round {round_no + 1}/{args.rounds}: "
+                  + "  ".join(f"{kind} {rounds[(kind, 100)][-1]['appends_per_s']:.0f}/s"
+                              for kind in order), flush=True)  # fmt: skip
+        for kind in kinds:
+            for pct in mixes:
+                result = _median_result(rounds[(kind, pct)])
+                print(f"{kind:9s} {pct:3d}% appends: {fmt(result, rss_mb(running[kind][1]))}",
+                      flush=True)  # fmt: skip
+        if "fastpaca" in kinds and args.messages:
+            port, pid, tmp = running["fastpaca"]
+            elapsed = asyncio.run(
+                load_messages(port, messages=args.messages, conversations=10_000, batch=100)
+            )
+            print(
+                f"fastpaca  loaded {args.messages} messages over 10000 conversations in"
+                f" {elapsed:.1f} s ({args.messages / elapsed:.0f} msg/s):"
+                f" rss {rss_mb(pid):.1f} MB",
+                flush=True,
+            )
+            os.kill(pid, signal.SIGKILL)  # the restart below starts from a crash
+            started = time.monotonic()
+            with server("fastpaca", tmp) as (port, pid):
+                asyncio.run(await_ready(port, timeout_s=120))
+                print(
+                    f"fastpaca  restart after kill -9 with those messages stored: ready in"
+                    f" {time.monotonic() - started:.1f} s, rss {rss_mb(pid):.1f} MB",
+                    flush=True,
+                )
     if "fastpaca" in kinds:
         for other in ("bare", "redis"):
             if other in kinds:
-                for pct in (100, 80):
-                    ratio = (
-                        results[("fastpaca", pct)]["appends_per_s"]
-                        / results[(other, pct)]["appends_per_s"]
+                for pct in mixes:
+                    per_round = [
+                        ours["appends_per_s"] / theirs["appends_per_s"]
+                        for ours, theirs in zip(
+                            rounds[("fastpaca", pct)], rounds[(other, pct)], strict=True
+                        )
+                    ]
+                    print(
+                        f"ratio fastpaca/{other} appends/s at {pct}% appends:"
+                        f" {statistics.median(per_round):.2f}"
+                        f" (rounds {min(per_round):.2f}-{max(per_round):.2f})"
                     )
-                    print(f"ratio fastpaca/{other} appends/s at {pct}% appends: {ratio:.2f}")
 
 
 if __name__ == "__main__":
