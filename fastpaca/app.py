@@ -28,7 +28,7 @@ from fastpaca.archive.archiver import Archiver, DriverLeadership
 from fastpaca.archive.postgres import ArchiveUnavailable, PostgresArchive, archive_url
 from fastpaca.cluster.node import ClusterNode
 from fastpaca.cluster.setup import ClusterSettings, cluster_settings
-from fastpaca.cluster.transport_ws import WebSocketTransport, add_cluster_route
+from fastpaca.cluster.transport_ws import CLUSTER_PATH, WebSocketTransport
 from fastpaca.config import Settings
 from fastpaca.errors import ConfigError
 from fastpaca.observability.health import Readiness, every_group_has_leader
@@ -49,7 +49,7 @@ from fastpaca.store.reads import StoreReader
 from fastpaca.store.runtime import ConversationRuntime, RaftEngine, wall_clock_ms
 from fastpaca.web.openapi import openapi_json
 from fastpaca.web.rest import OPENAPI_KEY, READINESS_KEY, RUNTIME_KEY
-from fastpaca.web.server import IN_FLIGHT_KEY, build_web_app
+from fastpaca.web.server import IN_FLIGHT_KEY, Route, build_web_app
 
 __all__ = ["ARCHIVER_KEY", "BUS_KEY", "NODE_KEY", "Node", "create_app", "serve"]
 
@@ -153,10 +153,15 @@ def create_app(
         else:
             readiness.add_check(every_group_has_leader(driver))
         metrics.watch_raft(driver.stats)
+        # Peers are not clients: their link is never rate limited.
+        peer_link = () if cluster is None else (
+            Route("GET", CLUSTER_PATH, cluster.transport.handle_inbound, is_rate_limited=False),
+        )  # fmt: skip
         app = build_web_app(
             metrics=metrics,
             max_body_bytes=settings.max_body_bytes,
             rate_limit_rps=settings.rate_limit_rps,
+            extra_routes=peer_link,
         )
         app[RUNTIME_KEY] = runtime if cluster is None else cluster.conversations
         app[READINESS_KEY] = readiness
@@ -167,8 +172,6 @@ def create_app(
         app[NODE_KEY] = Node(
             node_id, kv, driver, runtime, effects, readiness, metrics, bus, cluster, pubsub
         )
-        if cluster is not None:
-            add_cluster_route(app, cluster.transport)
     except BaseException:
         kv.close()
         raise

@@ -12,7 +12,7 @@ mean; it never retries a payload (Raft tolerates loss).
 Wiring::
 
     transport = WebSocketTransport(node_id="n1", secret=b"...", peers={"n2": ("10.0.0.2", 4000)})
-    add_cluster_route(app, transport)      # on the service's aiohttp Application
+    add_cluster_route(app, transport)      # or the service's build_web_app(extra_routes=...)
     await transport.start()                # dials peers; call stop() before the runner's cleanup
 
 Duplicate connections. Every node dials every peer it knows of and has no
@@ -459,5 +459,7 @@ class WebSocketTransport:
 
 
 def add_cluster_route(app: web.Application, transport: WebSocketTransport) -> None:
-    """Mount the transport's server side at ``/internal/cluster`` on ``app``."""
+    """Mount the transport's server side at ``/internal/cluster`` on ``app``
+    (an application of its own, as in tests; the service mounts it through
+    ``web.server.build_web_app``, behind its front door)."""
     app.router.add_get(CLUSTER_PATH, transport.handle_inbound)
