@@ -167,6 +167,11 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         only those groups, so an idle tick costs one call per group."""
         outbox, role = len(self._messages), self._role
         self._ticks += 1
+        if role is _LEADER and self._tracker.voters == self._only_me and not self._tracker.learners:
+            # The only member leads for good: it has nobody to send a
+            # heartbeat to, and its quorum (itself) is always active. Every
+            # group of a node alone, on every tick.
+            return False
         if role is _LEADER:
             self._tick_heartbeat()
         else:

@@ -116,3 +116,18 @@ def test_the_read_index_comes_at_once_only_to_a_lone_leader_with_a_commit_of_its
     trio.process_all()
     assert leader.read_index_alone() is None  # confirming it needs a round of heartbeats
     assert trio.node("n2").read_index_alone() is None
+
+
+def test_a_lone_leader_ticks_without_work_but_beats_for_a_learner() -> None:
+    net, replica = _alone()
+    node = replica.node
+    for _ in range(100):  # five election timeouts, twenty heartbeat intervals
+        assert node.tick() is False
+    assert node.is_leader and not node.has_ready()
+
+    node.propose_conf_change(ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="n2"))
+    _take_alone(replica)
+    node.apply_conf_change(ConfChange(op=ConfChangeOp.ADD_LEARNER, node_id="n2"))
+    net.process_ready("n1")  # its first probe of n2
+    beats = sum(node.tick() for _ in range(20))
+    assert beats > 0 and node.has_ready()
