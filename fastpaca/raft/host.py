@@ -16,6 +16,10 @@ simulator call it, in this order, never re-entrantly::
     result = host.finish(iteration) # advance; apply results, read states
     if host.has_apply_due(): ...    # the same steps again, no input between
 
+A group whose only voter is this node takes its appends through
+``RaftNode.ready_alone`` instead of a whole Ready (``_persist_alone``): the
+same staging and apply, a fraction of the calls.
+
 Persist-before-send is structural: ``Iteration.frames()`` and ``finish``
 refuse to run until ``Iteration.write()`` returned. Only a leader's
 APPEND/HEARTBEAT of an already durable term, which acknowledge nothing, may

@@ -22,6 +22,12 @@ order:
 
 Nothing in a Ready may be dropped or reordered, and ``ready()`` must not be
 called again before ``advance`` for the previous Ready.
+
+One shortcut exists, for a group whose only voter is this node:
+``RaftNode.ready_alone()`` returns just (entries, hard state) when that is
+all a Ready would hold; the caller persists both, applies those same entries
+in the same write, and then calls ``advance_alone``. Steps 2 and 4 have
+nothing to do there.
 """
 
 from __future__ import annotations
