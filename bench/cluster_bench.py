@@ -8,6 +8,16 @@ in one run:
 * the 3-node cluster through one node, then spread over all three (one wrk
   per node, the connections split between them): appends/s, p50/p99, and
   the ratio to the single node;
+
+measured in interleaved rounds (--rounds, --seconds each): the single node
+and the cluster are both up, and whichever is not being measured is paused
+with SIGSTOP, so it takes no CPU, and resumed with SIGCONT (one second to
+settle) for its turn. A shared machine's speed drifts by 10-30% within a
+minute; each round compares the two within seconds. The figures are medians
+over the rounds, the ratios medians of the per-round ratios (with their
+range). A pause shorter than the node-down grace period moves nothing, and
+ticks are counted, not replayed, so no election follows a resume.
+
 * the failover window: with writers appending steadily through the two
   survivors (one writer per conversation, one append at a time), kill -9
   the node leading the most groups; the window is the longest any append
@@ -23,7 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +53,7 @@ from bench.http_bench import (  # noqa: E402
     await_ready,
     create_conversations,
     fmt,
+    median_result,
     rss_mb,
     run_wrk,
     server,
@@ -130,11 +145,18 @@ async def failover_window(cluster: LocalCluster, *, writers: int) -> tuple[float
     return window, failures, victim.name
 
 
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        os.kill(pid, signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=4, help="per setup and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured seconds per setup")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--conversations", type=int, default=1000)
     parser.add_argument("--groups", type=int, default=256)
@@ -144,31 +166,67 @@ def main() -> None:
         sys.exit("wrk not found: run `make bench`, which installs it")
     wrk_args = {"seconds": args.seconds, "connections": args.connections,
                 "conversations": args.conversations}  # fmt: skip
+    warm_args = {**wrk_args, "seconds": args.warmup}
 
     with (
-        tempfile.TemporaryDirectory(prefix="bench-single-") as tmp,
-        server("fastpaca", Path(tmp)) as (port, pid),
+        tempfile.TemporaryDirectory(prefix="bench-single-") as single_tmp,
+        tempfile.TemporaryDirectory(prefix="bench-cluster-") as cluster_tmp,
+        server("fastpaca", Path(single_tmp)) as (single_port, single_pid),
     ):
-        asyncio.run(await_ready(port))
-        asyncio.run(create_conversations(port, args.conversations, "bench"))
-        single = run_wrk(port, append_pct=100, prefix="bench", **wrk_args)
-        print(f"single node        : {fmt(single, rss_mb(pid))}", flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        cluster = LocalCluster(Path(tmp), 3, groups=args.groups, env={"LOG_LEVEL": "warning"})
+        asyncio.run(await_ready(single_port))
+        asyncio.run(create_conversations(single_port, args.conversations, "bench"))
+        if args.warmup:
+            run_wrk(single_port, append_pct=100, prefix="bench", **warm_args)
+        os.kill(single_pid, signal.SIGSTOP)
+        cluster = LocalCluster(
+            Path(cluster_tmp), 3, groups=args.groups, env={"LOG_LEVEL": "warning"}
+        )
         try:
             cluster.start_all()
             asyncio.run(cluster.wait_ready(timeout_s=60))
             ports = [node.port for node in cluster.nodes]
+            cluster_pids = [n.process.pid for n in cluster.nodes if n.process]
             asyncio.run(create_conversations(ports[0], args.conversations, "bench"))
-            one = run_wrk(ports[0], append_pct=100, prefix="bench", **wrk_args)
-            rss = max(rss_mb(n.process.pid) for n in cluster.nodes if n.process)
-            print(f"3 nodes, via one   : {fmt(one, rss)}", flush=True)
-            spread = spread_wrk(ports, **wrk_args)
-            print(f"3 nodes, via all 3 : {fmt(spread, rss)}", flush=True)
-            for name, result in (("via one", one), ("via all 3", spread)):
-                ratio = result["appends_per_s"] / single["appends_per_s"]
-                print(f"ratio 3 nodes ({name}) / single node appends/s: {ratio:.2f}")
+            if args.warmup:
+                run_wrk(ports[0], append_pct=100, prefix="bench", **warm_args)
+            runs: dict[str, list[dict[str, float]]] = {"single": [], "one": [], "spread": []}
+            for round_no in range(args.rounds):
+                # Alternate which setup goes first, so neither always meets
+                # the machine as the other left it.
+                setups = ("single", "cluster") if round_no % 2 == 0 else ("cluster", "single")
+                for setup in setups:
+                    pids = [single_pid] if setup == "single" else cluster_pids
+                    _signal_all(pids, signal.SIGCONT)
+                    time.sleep(1)
+                    if setup == "single":
+                        runs["single"].append(
+                            run_wrk(single_port, append_pct=100, prefix="bench", **wrk_args)
+                        )
+                    else:
+                        runs["one"].append(
+                            run_wrk(ports[0], append_pct=100, prefix="bench", **wrk_args)
+                        )
+                        runs["spread"].append(spread_wrk(ports, **wrk_args))
+                    _signal_all(pids, signal.SIGSTOP)
+                print(f"round {round_no + 1}/{args.rounds}: " + "  ".join(
+                    f"{name} {results[-1]['appends_per_s']:.0f}/s"
+                    for name, results in runs.items()), flush=True)  # fmt: skip
+            _signal_all(cluster_pids, signal.SIGCONT)
+            rss = max(rss_mb(pid) for pid in cluster_pids)
+            print(f"single node        : {fmt(median_result(runs['single']), rss_mb(single_pid))}")
+            print(f"3 nodes, via one   : {fmt(median_result(runs['one']), rss)}")
+            print(f"3 nodes, via all 3 : {fmt(median_result(runs['spread']), rss)}", flush=True)
+            for name, key in (("via one", "one"), ("via all 3", "spread")):
+                per_round = [
+                    ours["appends_per_s"] / alone["appends_per_s"]
+                    for ours, alone in zip(runs[key], runs["single"], strict=True)
+                ]
+                print(
+                    f"ratio 3 nodes ({name}) / single node appends/s:"
+                    f" {statistics.median(per_round):.2f}"
+                    f" (rounds {min(per_round):.2f}-{max(per_round):.2f})"
+                )
+            os.kill(single_pid, signal.SIGCONT)  # to stop it cleanly at the end
             window, failures, victim = asyncio.run(
                 failover_window(cluster, writers=args.failover_writers)
             )
@@ -178,6 +236,9 @@ def main() -> None:
                 flush=True,
             )
         finally:
+            for pid in [single_pid] + [n.process.pid for n in cluster.nodes if n.process]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)  # a stopped process would not see SIGTERM
             cluster.stop_all()
 
 

@@ -212,7 +212,7 @@ def fmt(result: dict[str, float], rss: float) -> str:
     )
 
 
-def _median_result(results: list[dict[str, float]]) -> dict[str, float]:
+def median_result(results: list[dict[str, float]]) -> dict[str, float]:
     """Field by field, the median over rounds."""
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
@@ -267,7 +267,7 @@ def main() -> None:
                               for kind in order), flush=True)  # fmt: skip
         for kind in kinds:
             for pct in mixes:
-                result = _median_result(rounds[(kind, pct)])
+                result = median_result(rounds[(kind, pct)])
                 print(f"{kind:9s} {pct:3d}% appends: {fmt(result, rss_mb(running[kind][1]))}",
                       flush=True)  # fmt: skip
         if "fastpaca" in kinds and args.messages:
