@@ -129,19 +129,24 @@ class _GatedKV(MemoryKV):
         super().write(batch, sync=sync)
 
 
-async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
-    """Committed by its own write, so applied and released right after it,
-    not after the next iteration's write (which carries newer proposals)."""
-    hub = InMemoryHub()
+async def _gated_lone_leader() -> tuple[RaftDriver, _GatedKV, KVStateMachine]:
+    """A driver leading group 1 alone over a ``_GatedKV``, ``k`` = ``v0`` applied."""
     kv = _GatedKV()
     sm = KVStateMachine(kv)
-    transport = hub.transport("n1")
+    transport = InMemoryHub().transport("n1")
     driver = RaftDriver(node_id="n1", kv=kv, state_machine=sm, transport=transport, config=FAST)
     await transport.start()
     await driver.start()
     driver.ensure_group(1, ["n1"])
     await wait_for(lambda: driver.is_leader(1))
     await driver.propose(1, put_command(b"k", b"v0"), timeout_s=2)
+    return driver, kv, sm
+
+
+async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
+    """Committed by its own write, so applied and released right after it,
+    not after the next iteration's write (which carries newer proposals)."""
+    driver, kv, sm = await _gated_lone_leader()
 
     synced_when_released: list[int] = []
 
@@ -164,16 +169,7 @@ async def test_single_voter_result_is_released_by_its_own_fsync() -> None:
 
 
 async def test_lone_voter_reads_at_once_except_while_its_apply_is_being_written() -> None:
-    hub = InMemoryHub()
-    kv = _GatedKV()
-    sm = KVStateMachine(kv)
-    transport = hub.transport("n1")
-    driver = RaftDriver(node_id="n1", kv=kv, state_machine=sm, transport=transport, config=FAST)
-    await transport.start()
-    await driver.start()
-    driver.ensure_group(1, ["n1"])
-    await wait_for(lambda: driver.is_leader(1))
-    await driver.propose(1, put_command(b"k", b"v0"), timeout_s=2)
+    driver, kv, sm = await _gated_lone_leader()
 
     # Nothing in flight: the barrier passes with no iteration at all.
     iterations = driver.stats.iterations
