@@ -74,9 +74,10 @@ _UNROUTED = "unmatched"
 
 
 async def _unrouted(request: web.Request) -> web.StreamResponse:
-    """The catch-all route's handler (registered last, so aiohttp reaches it
-    only when no other route matched): 405 when some route serves this path
-    with other methods, else 404."""
+    """The catch-all route's handler. aiohttp's router tries resources by
+    static prefix, longest first, and this one's is the root, so it is
+    reached only when no other route matched: 405 when some route serves
+    this path with other methods, else 404."""
     allowed: set[str] = set()
     catch_all = request.match_info.route.resource
     for resource in request.app.router.resources():
