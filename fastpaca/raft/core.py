@@ -167,10 +167,10 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         only those groups, so an idle tick costs one call per group."""
         outbox, role = len(self._messages), self._role
         self._ticks += 1
-        if role is _LEADER and self._tracker.voters == self._only_me and not self._tracker.learners:
-            # The only member leads for good: it has nobody to send a
-            # heartbeat to, and its quorum (itself) is always active. Every
-            # group of a node alone, on every tick.
+        if role is _LEADER and self._is_only_member():
+            # It leads for good: it has nobody to send a heartbeat to, and
+            # its quorum (itself) is always active. Every group of a node
+            # alone, on every tick.
             return False
         if role is _LEADER:
             self._tick_heartbeat()
@@ -402,8 +402,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             or self._read_states
             or self._read_heartbeat_pending
             or self._reads_waiting_commit
-            or self._tracker.voters != self._only_me
-            or self._tracker.learners
+            or not self._is_only_member()
             or self._soft_state_changed()
             or self._prev_hard.term != self._term
             or self._prev_hard.vote != self._vote
@@ -422,6 +421,10 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         self._entries_to_broadcast = self._commit_to_broadcast = False  # nobody to send to
         hard = self._prev_hard = HardState(term=self._term, vote=self._vote, commit=last.index)
         return entries, hard
+
+    def _is_only_member(self) -> bool:
+        """This node is the group's only voter and it has no learner."""
+        return self._tracker.voters == self._only_me and not self._tracker.learners
 
     def read_index_alone(self) -> int | None:
         """What ``read_index`` would answer, at once and with no Ready, for a
