@@ -89,8 +89,10 @@ async def _unrouted(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-CATCH_ALL_ROUTE = Route("*", "/{unrouted:.*}", _unrouted)
-"""Not an endpoint (the OpenAPI document leaves it out): errors only."""
+CATCH_ALL_ROUTE = Route("*", r"/{unrouted:[\s\S]*}", _unrouted)
+"""Not an endpoint (the OpenAPI document leaves it out): errors only. Any
+path at all: ``.*`` would miss one holding a newline (``%0A``), which
+aiohttp would then answer in plain text."""
 
 
 class InFlightRequests:

@@ -69,6 +69,11 @@ async def test_unknown_route_and_method_get_json_errors(client: TestClient) -> N
     wrong = await client.patch("/v1/conversations/c1")
     assert wrong.status == 405 and (await wrong.json())["error"] == "method_not_allowed"
     assert "PUT" in wrong.headers["Allow"]
+    # A path holding a newline (found by the fuzz test) is no exception.
+    odd = await client.get("/v1/conversations/%0A%7B")
+    assert odd.status == 404 and (await odd.json())["error"] == "not_found"
+    odd = await client.get("/nothing%0A/at/all")
+    assert odd.status == 404 and (await odd.json())["error"] == "not_found"
 
 
 async def test_rate_limit_gives_429_but_spares_health(make_node: Any) -> None:
