@@ -147,6 +147,11 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     def lead_transferee(self) -> str | None:
         return self._lead_transferee
 
+    def is_only_member(self) -> bool:
+        """This node is the group's only voter and the group has no learner:
+        nobody replicates from it and no other node can lead the group."""
+        return self._tracker.voters == self._only_me and not self._tracker.learners
+
     def progress(self, node_id: str) -> Progress | None:
         """The leader's view of ``node_id`` (tests, metrics); None if unknown."""
         return self._tracker.progress.get(node_id)
@@ -167,7 +172,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         only those groups, so an idle tick costs one call per group."""
         outbox, role = len(self._messages), self._role
         self._ticks += 1
-        if role is _LEADER and self._is_only_member():
+        if role is _LEADER and self.is_only_member():
             # It leads for good: it has nobody to send a heartbeat to, and
             # its quorum (itself) is always active. Every group of a node
             # alone, on every tick.
@@ -402,7 +407,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
             or self._read_states
             or self._read_heartbeat_pending
             or self._reads_waiting_commit
-            or not self._is_only_member()
+            or not self.is_only_member()
             or self._soft_state_changed()
             or self._prev_hard.term != self._term
             or self._prev_hard.vote != self._vote
@@ -421,10 +426,6 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         self._entries_to_broadcast = self._commit_to_broadcast = False  # nobody to send to
         hard = self._prev_hard = HardState(term=self._term, vote=self._vote, commit=last.index)
         return entries, hard
-
-    def _is_only_member(self) -> bool:
-        """This node is the group's only voter and it has no learner."""
-        return self._tracker.voters == self._only_me and not self._tracker.learners
 
     def read_index_alone(self) -> int | None:
         """What ``read_index`` would answer, at once and with no Ready, for a

@@ -505,10 +505,6 @@ class NodeHost:
         storage.stage_hard_state(batch, hard_state)
         return ProcessedReady(group_id, group, None, self._apply(group_id, group, entries, batch))
 
-    def _is_alone(self, group: HostedGroup) -> bool:
-        conf = group.core.conf_state
-        return conf.voters == (self.node_id,) and not conf.learners
-
     @staticmethod
     def _applied_at_once(rd: Ready) -> bool:
         """Every new entry of ``rd`` is applied by this same Ready (the only
@@ -546,7 +542,7 @@ class NodeHost:
         first = group.storage.staged_first_index()
         if group.compact_to < first and applied - first + 1 > config.compact_threshold_entries:
             group.compact_to = applied - config.compact_keep_entries
-        elif group.compact_to < first <= applied and self._is_alone(group):
+        elif group.compact_to < first <= applied and group.core.is_only_member():
             # Nobody reads this log back: empty it, and its next entries
             # are folded into the base (``LevelDBStorage.stage_fold``).
             group.compact_to = applied
