@@ -466,12 +466,23 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         last Ready (batching), and one heartbeat round for new reads."""
         if self._role is Role.LEADER:
             if self._entries_to_broadcast or self._commit_to_broadcast:
-                self._broadcast_append(send_if_empty=self._commit_to_broadcast)
+                self._broadcast_append(
+                    send_if_empty=self._commit_to_broadcast and self._commit_needs_notice()
+                )
             if self._read_heartbeat_pending:
                 self._broadcast_heartbeat(self._reads.last_context() or b"")
         self._entries_to_broadcast = False
         self._commit_to_broadcast = False
         self._read_heartbeat_pending = False
+
+    def _commit_needs_notice(self) -> bool:
+        """Whether a moved commit index goes to followers now, in an empty
+        APPEND, rather than with the next APPEND or heartbeat
+        (``RaftConfig.prompt_commit_notice``). A membership change committed
+        and not yet applied here always goes now."""
+        return self._config.prompt_commit_notice or (
+            self._log.applied < self._pending_conf_index <= self._log.committed
+        )
 
     def advance(self, rd: Ready) -> None:
         if rd.snapshot is not None:

@@ -64,6 +64,10 @@ class DriverConfig:
     a row, and check-quorum sees 4 rounds per window. Heartbeats are most of
     what an idle group costs (a message and an answer per follower per
     beat); 2 ticks cost 2.5x as much for no safety gain."""
+    prompt_commit_notice: bool = False
+    """Off: followers learn a new commit index from the next APPEND or
+    heartbeat instead of an empty APPEND per commit (``RaftConfig``), which
+    a loaded 3-node cluster measured at 10% less CPU per append."""
     snapshot_chunk_bytes: int = 256 * 1024
     compact_threshold_entries: int = 20_000
     compact_keep_entries: int = 5_000
@@ -97,6 +101,7 @@ class RaftDriver:
             group_id=0,
             election_timeout_ticks=config.election_timeout_ticks,
             heartbeat_interval_ticks=config.heartbeat_interval_ticks,
+            prompt_commit_notice=config.prompt_commit_notice,
         )
         host_config = HostConfig(
             snapshot_chunk_bytes=config.snapshot_chunk_bytes,

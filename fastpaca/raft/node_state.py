@@ -52,6 +52,16 @@ class RaftConfig:
     check_quorum: bool = True
     applied_index: int = 0
     """Where the state machine already is (restart)."""
+    prompt_commit_notice: bool = True
+    """When the leader's commit index moves, tell every follower at once
+    with an empty APPEND (``COMMIT_ONLY``), so followers apply within a
+    round trip. False: the new commit index rides on the next APPEND or
+    heartbeat, and followers apply up to one heartbeat interval later. That
+    saves one message per follower and one follower Ready per append, about
+    a tenth of a loaded 3-node cluster's CPU, and costs nothing a client
+    sees: requests are served by the leader, which applies at commit. A
+    committed membership change is always announced at once (a removed or
+    demoted follower must learn of it before heartbeats stop)."""
 
 
 class NodeState:

@@ -394,6 +394,75 @@ def test_an_accepted_commit_only_append_is_not_answered() -> None:
     assert not net.queue
 
 
+def _commit_one_entry_on_the_leader(net: Network, data: bytes) -> None:
+    """Propose ``data`` on a, replicate it and feed the acknowledgements
+    back: a has committed it, and the Ready that follows is a's next one."""
+    net["a"].propose(data)
+    net.process_ready("a")
+    net.deliver()  # the entry reaches b and c
+    net.process_all()
+    net.deliver()  # their acks commit it on a
+
+
+def test_without_prompt_notices_a_commit_rides_on_the_next_heartbeat() -> None:
+    net = Network(["a", "b", "c"], prompt_commit_notice=False)
+    net.elect("a")
+    net.tick()  # the election's empty entry is committed everywhere
+    net.stabilize()
+    _commit_one_entry_on_the_leader(net, b"x")
+    rd = net.process_ready("a")
+    assert rd is not None and net.applied_data("a") == [b"x"]
+    assert not appends(rd.messages), "a commit alone sends nothing"
+    net.stabilize()
+    for follower in ("b", "c"):
+        assert net[follower].commit_index < net["a"].commit_index
+        assert net.applied_data(follower) == []
+    net.tick()  # heartbeat interval 1: the beat carries the commit index
+    for follower in ("b", "c"):
+        assert net[follower].commit_index == net["a"].commit_index
+        assert net.applied_data(follower) == [b"x"]
+
+
+def test_without_prompt_notices_a_commit_rides_on_the_next_append() -> None:
+    net = Network(["a", "b", "c"], prompt_commit_notice=False)
+    net.elect("a")
+    net.tick()
+    net.stabilize()
+    _commit_one_entry_on_the_leader(net, b"x")
+    net.process_ready("a")
+    net.stabilize()
+    assert net.applied_data("b") == net.applied_data("c") == []
+    net["a"].propose(b"y")
+    rd = net.process_ready("a")
+    assert rd is not None
+    sent = appends(rd.messages)
+    assert len(sent) == 2 and all(m.commit == net["a"].commit_index for m in sent)
+    net.deliver()
+    net.process_all()
+    for follower in ("b", "c"):
+        assert net.applied_data(follower) == [b"x"]
+
+
+def test_without_prompt_notices_a_membership_change_is_still_announced_at_once() -> None:
+    net = Network(["a", "b", "c"], prompt_commit_notice=False)
+    net.elect("a")
+    net.tick()
+    net.stabilize()
+    net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.REMOVE, node_id="c"))
+    net.process_ready("a")
+    net.deliver()
+    net.process_all()
+    net.deliver()  # the acks commit the removal on a
+    rd = net.process_ready("a")
+    assert rd is not None
+    notices = appends(rd.messages)
+    assert {m.to for m in notices} == {"b", "c"}
+    assert all(m.context == COMMIT_ONLY and not m.entries for m in notices)
+    net.deliver()
+    net.process_all()
+    assert "c" not in net["c"].conf_state.voters  # c learned it was removed
+
+
 def test_a_commit_only_append_that_does_not_match_is_answered_and_repaired() -> None:
     net = Network(["a", "b", "c"])
     net.elect("a")

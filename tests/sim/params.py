@@ -84,6 +84,8 @@ class SimParams:
     """Mean time between link blips: a connection between two live nodes
     drops and comes back at once, so both report the other down while
     nothing is lost (a live leader must survive it); 0 disables them."""
+    prompt_commit_notice: bool
+    """``RaftConfig.prompt_commit_notice``: both ways must be safe and live."""
 
 
 def _sometimes(rng: random.Random, chance: float, value: int) -> int:
@@ -139,6 +141,7 @@ def draw_params(seed: int, rng: random.Random, *, safety_ms: int) -> SimParams:
         readd_wiped=rng.random() < 0.7,
         link_down_rate=rng.choice((0.0, 0.5, 1.0)),
         blip_interval_ms=_sometimes(rng, 0.5, rng.randint(50, 500)),
+        prompt_commit_notice=rng.random() < 0.5,
     )
 
 
@@ -153,4 +156,5 @@ def raft_config(params: SimParams, node_id: str, group_id: int, applied_index: i
         max_inflight_msgs=params.max_inflight_msgs,
         max_uncommitted_bytes=params.max_uncommitted_bytes,
         applied_index=applied_index,
+        prompt_commit_notice=params.prompt_commit_notice,
     )
