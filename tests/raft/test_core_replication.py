@@ -394,22 +394,29 @@ def test_an_accepted_commit_only_append_is_not_answered() -> None:
     assert not net.queue
 
 
-def _commit_one_entry_on_the_leader(net: Network, data: bytes) -> None:
-    """Propose ``data`` on a, replicate it and feed the acknowledgements
-    back: a has committed it, and the Ready that follows is a's next one."""
-    net["a"].propose(data)
+def _deferred_notices_network() -> Network:
+    """a leads b and c with ``prompt_commit_notice`` off, and the election's
+    empty entry is committed and applied everywhere."""
+    net = Network(["a", "b", "c"], prompt_commit_notice=False)
+    net.elect("a")
+    net.tick()  # a heartbeat round carries that entry's commit index
+    net.stabilize()
+    return net
+
+
+def _replicate_and_acknowledge(net: Network) -> None:
+    """a's pending proposals reach b and c, and their acks reach a, which
+    has committed them; the Ready that follows is a's next one."""
     net.process_ready("a")
-    net.deliver()  # the entry reaches b and c
+    net.deliver()
     net.process_all()
-    net.deliver()  # their acks commit it on a
+    net.deliver()
 
 
 def test_without_prompt_notices_a_commit_rides_on_the_next_heartbeat() -> None:
-    net = Network(["a", "b", "c"], prompt_commit_notice=False)
-    net.elect("a")
-    net.tick()  # the election's empty entry is committed everywhere
-    net.stabilize()
-    _commit_one_entry_on_the_leader(net, b"x")
+    net = _deferred_notices_network()
+    net["a"].propose(b"x")
+    _replicate_and_acknowledge(net)
     rd = net.process_ready("a")
     assert rd is not None and net.applied_data("a") == [b"x"]
     assert not appends(rd.messages), "a commit alone sends nothing"
@@ -424,11 +431,9 @@ def test_without_prompt_notices_a_commit_rides_on_the_next_heartbeat() -> None:
 
 
 def test_without_prompt_notices_a_commit_rides_on_the_next_append() -> None:
-    net = Network(["a", "b", "c"], prompt_commit_notice=False)
-    net.elect("a")
-    net.tick()
-    net.stabilize()
-    _commit_one_entry_on_the_leader(net, b"x")
+    net = _deferred_notices_network()
+    net["a"].propose(b"x")
+    _replicate_and_acknowledge(net)
     net.process_ready("a")
     net.stabilize()
     assert net.applied_data("b") == net.applied_data("c") == []
@@ -444,15 +449,9 @@ def test_without_prompt_notices_a_commit_rides_on_the_next_append() -> None:
 
 
 def test_without_prompt_notices_a_membership_change_is_still_announced_at_once() -> None:
-    net = Network(["a", "b", "c"], prompt_commit_notice=False)
-    net.elect("a")
-    net.tick()
-    net.stabilize()
+    net = _deferred_notices_network()
     net["a"].propose_conf_change(ConfChange(op=ConfChangeOp.REMOVE, node_id="c"))
-    net.process_ready("a")
-    net.deliver()
-    net.process_all()
-    net.deliver()  # the acks commit the removal on a
+    _replicate_and_acknowledge(net)
     rd = net.process_ready("a")
     assert rd is not None
     notices = appends(rd.messages)
