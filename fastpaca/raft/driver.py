@@ -66,8 +66,9 @@ class DriverConfig:
     beat); 2 ticks cost 2.5x as much for no safety gain."""
     prompt_commit_notice: bool = False
     """Off: followers learn a new commit index from the next APPEND or
-    heartbeat instead of an empty APPEND per commit (``RaftConfig``), which
-    a loaded 3-node cluster measured at 10% less CPU per append."""
+    heartbeat instead of an empty APPEND per commit (``RaftConfig``): about
+    9% less CPU per append on a loaded 3-node cluster (four alternating
+    pairs on F, every one in its favour)."""
     snapshot_chunk_bytes: int = 256 * 1024
     compact_threshold_entries: int = 20_000
     compact_keep_entries: int = 5_000

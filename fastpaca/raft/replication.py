@@ -23,15 +23,16 @@ __all__ = ["ReplicationMixin"]
 
 COMMIT_ONLY: Final = b"commit"
 """Context of an empty APPEND sent only to carry a new commit index to a
-follower in REPLICATE state (every commit with ``prompt_commit_notice``,
-else only a committed membership change). Accepted, it needs no APPEND_RESP: everything up
-to its ``index`` was sent before and is acknowledged by the answers to those
-entries, and an empty APPEND adds nothing in flight. Those answers were two
-of the eight messages an append costs in a 3-replica group. A follower that
-rejects it still answers (it lost entries: the leader must probe), and an
-acknowledgement of entries lost on the way is still repaired (a heartbeat
-answer showing ``match < last index`` gets an ordinary, answered APPEND).
-Followers that predate this ignore the context and answer as before."""
+follower in REPLICATE state (at every commit with ``prompt_commit_notice``,
+else only for a committed membership change). Accepted, it needs no
+APPEND_RESP: everything up to its ``index`` was sent before and is
+acknowledged by the answers to those entries, and an empty APPEND adds
+nothing in flight. Those answers were two of the eight messages an append
+costs in a 3-replica group. A follower that rejects it still answers (it lost
+entries: the leader must probe), and an acknowledgement of entries lost on
+the way is still repaired (a heartbeat answer showing ``match < last index``
+gets an ordinary, answered APPEND). Followers that predate this ignore the
+context and answer as before."""
 
 
 class ReplicationMixin(NodeState):
