@@ -147,10 +147,15 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
     def lead_transferee(self) -> str | None:
         return self._lead_transferee
 
+    def is_only_voter(self) -> bool:
+        """No other node can lead the group or count toward its quorum
+        (learners, if any, still replicate from it)."""
+        return self._tracker.voters == self._only_me
+
     def is_only_member(self) -> bool:
         """This node is the group's only voter and the group has no learner:
         nobody replicates from it and no other node can lead the group."""
-        return self._tracker.voters == self._only_me and not self._tracker.learners
+        return self.is_only_voter() and not self._tracker.learners
 
     def progress(self, node_id: str) -> Progress | None:
         """The leader's view of ``node_id`` (tests, metrics); None if unknown."""
@@ -373,7 +378,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         rd = Ready(group_id=self._group_id)
         rd.snapshot = self._log.next_unstable_snapshot()
         rd.entries = self._log.next_unstable_entries()
-        if rd.entries and self._role is _LEADER and self._tracker.voters == self._only_me:
+        if rd.entries and self._role is _LEADER and self.is_only_voter():
             self._commit_with_own_write(rd.entries[-1])
         if self._soft_state_changed():
             rd.soft_state = self._prev_soft = self._soft_state()
@@ -433,11 +438,7 @@ class RaftNode(ElectionMixin, ReplicationMixin, ReadIndexMixin):
         its term: the commit index. None for any other node (then use
         ``read_index``). No other node can lead such a group, so no round
         of heartbeats is needed to confirm the leadership."""
-        if (
-            self._role is _LEADER
-            and self._tracker.voters == self._only_me
-            and self._committed_in_current_term()
-        ):
+        if self._role is _LEADER and self.is_only_voter() and self._committed_in_current_term():
             return self._log.committed
         return None
 

@@ -138,14 +138,13 @@ class _TokenBucket:
 
     def __init__(self, rate_per_s: float) -> None:
         self.rate_per_s = rate_per_s
-        self._rate = rate_per_s
         self._capacity = max(1.0, rate_per_s)
         self._tokens = self._capacity
         self._updated = time.monotonic()
 
     def try_take(self) -> bool:
         now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self.rate_per_s)
         self._updated = now
         if self._tokens < 1.0:
             return False
