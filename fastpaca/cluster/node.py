@@ -22,13 +22,13 @@ replica any more, so the transport stops dialing it (rule in ``membership.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastpaca.cancellation import cancel_and_wait
 from fastpaca.cluster.admin import ClusterAdmin, ClusterRecord
 from fastpaca.cluster.coordinator import Coordinator, CoordinatorConfig
 from fastpaca.cluster.discovery import DnsDiscovery, Member
@@ -245,9 +245,5 @@ class ClusterNode:
         self._tasks.append(asyncio.create_task(work, name=name))
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks, what="cluster")
         self._tasks = [t for t in self._tasks if t not in tasks]

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fastpaca.cancellation import cancel_and_wait
 from fastpaca.raft.transport import Channel, Transport
 
 __all__ = ["PeerUnavailable", "RemoteError", "RpcEndpoint", "RpcTimeout"]
@@ -105,10 +106,7 @@ class RpcEndpoint:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(PeerUnavailable("rpc endpoint closed"))
-        for task in list(self._running):
-            task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        await cancel_and_wait(list(self._running), what="rpc handlers")
 
     # --- inbound -------------------------------------------------------------
 

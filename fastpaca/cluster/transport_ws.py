@@ -42,6 +42,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from fastpaca.cancellation import cancel_and_wait
 from fastpaca.cluster import auth
 from fastpaca.cluster.frames import MalformedFrame
 from fastpaca.cluster.peer_link import (
@@ -145,9 +146,7 @@ class WebSocketTransport:
         self._running = False
         dialers = list(self._dialers.values())
         self._dialers.clear()
-        for task in dialers:
-            task.cancel()
-        await asyncio.gather(*dialers, return_exceptions=True)
+        await cancel_and_wait(dialers, what="cluster dialers")
         links = list(self._links.values())
         for link in links:
             await link.close(CLOSE_GOING_AWAY)

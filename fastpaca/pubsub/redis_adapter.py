@@ -63,6 +63,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from fastpaca.cancellation import cancel_and_wait
 from fastpaca.pubsub import wire
 from fastpaca.pubsub.bus import LocalBus, StreamEvent
 from fastpaca.pubsub.publisher import event_for
@@ -174,11 +175,7 @@ class RedisFanout:
 
     async def stop(self) -> None:
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks, what="redis pub/sub")
         self._tasks = []
         self._queue.clear()
 
