@@ -38,7 +38,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fastpaca.raft.core import RaftConfig
 from fastpaca.raft.driver import DriverConfig
 from fastpaca.raft.host import NodeHost
 from fastpaca.raft.kv import LevelDBKV
@@ -54,19 +53,19 @@ MESSAGE = NewMessage(
 
 class Cluster:
     def __init__(self, workdir: Path, groups: int) -> None:
-        driver = DriverConfig()  # the production timing and commit-notice settings
+        driver = DriverConfig()  # the production settings of the cores and hosts
         self.hosts: dict[str, NodeHost] = {}
         for name in NODES:
             kv = LevelDBKV(str(workdir / name))
-            template = RaftConfig(
-                node_id=name,
-                group_id=0,
-                election_timeout_ticks=driver.election_timeout_ticks,
-                heartbeat_interval_ticks=driver.heartbeat_interval_ticks,
-                prompt_commit_notice=driver.prompt_commit_notice,
-            )
             state_machine = ConversationStateMachine(kv)
-            self.hosts[name] = NodeHost(name, kv, state_machine, template, random.Random(1))
+            self.hosts[name] = NodeHost(
+                name,
+                kv,
+                state_machine,
+                driver.raft_template(name),
+                random.Random(1),
+                driver.host_config(),
+            )
         for host in self.hosts.values():
             for group_id in range(groups):
                 host.ensure_group(group_id, NODES)

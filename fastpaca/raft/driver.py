@@ -77,6 +77,24 @@ class DriverConfig:
     stop_transfer_timeout_ms: int = 2_000
     """How long ``stop`` waits for its leaderships to move."""
 
+    def raft_template(self, node_id: str) -> RaftConfig:
+        """Every group's core settings on ``node_id`` (``NodeHost`` fills in the group)."""
+        return RaftConfig(
+            node_id=node_id,
+            group_id=0,
+            election_timeout_ticks=self.election_timeout_ticks,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            prompt_commit_notice=self.prompt_commit_notice,
+        )
+
+    def host_config(self) -> HostConfig:
+        return HostConfig(
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            compact_threshold_entries=self.compact_threshold_entries,
+            compact_keep_entries=self.compact_keep_entries,
+            snapshot_timeout_ticks=self.election_timeout_ticks * 10,
+        )
+
 
 class RaftDriver:
     def __init__(
@@ -97,21 +115,13 @@ class RaftDriver:
         self._on_written = on_written
         self._transport = transport
         self._config = config
-        template = RaftConfig(
-            node_id=node_id,
-            group_id=0,
-            election_timeout_ticks=config.election_timeout_ticks,
-            heartbeat_interval_ticks=config.heartbeat_interval_ticks,
-            prompt_commit_notice=config.prompt_commit_notice,
-        )
-        host_config = HostConfig(
-            snapshot_chunk_bytes=config.snapshot_chunk_bytes,
-            compact_threshold_entries=config.compact_threshold_entries,
-            compact_keep_entries=config.compact_keep_entries,
-            snapshot_timeout_ticks=config.election_timeout_ticks * 10,
-        )
         self._host = NodeHost(
-            node_id, kv, state_machine, template, random.Random(rng_seed), host_config
+            node_id,
+            kv,
+            state_machine,
+            config.raft_template(node_id),
+            random.Random(rng_seed),
+            config.host_config(),
         )
         self.stats = RaftStats()
         self._ops: list[Callable[[], None]] = []
