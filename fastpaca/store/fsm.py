@@ -162,7 +162,8 @@ class ConversationStateMachine:
         self, group_id: int, command: AppendMessages, batch: WriteBatch, effects: list[Effect]
     ) -> AppendApplied | Rejected:
         conversation_id = command.conversation_id
-        state_key = keys.conversation_key(group_id, conversation_id)
+        conversation_keys = keys.ConversationKeys(group_id, conversation_id)
+        state_key = conversation_keys.state()
         state = self._states.get(state_key)
         if state is None:
             state = _load_state(batch, state_key)
@@ -174,7 +175,8 @@ class ConversationStateMachine:
         # DESIGN: the key is checked before if_version, so an identical retry
         # of a guarded append is answered, not refused.
         if key is not None:
-            raw = batch.get(keys.idempotency_key(group_id, conversation_id, key))
+            key_key = conversation_keys.idempotency(key)
+            raw = batch.get(key_key)
             if raw is not None:
                 return _answer_retry(IdempotencyRecord.decode(raw), command, state)
         if command.if_version is not None and command.if_version != state.version:
@@ -187,7 +189,7 @@ class ConversationStateMachine:
             zip(command.messages, command.token_counts, strict=True)
         ):
             seq = first_seq + offset
-            batch.put(keys.message_key(group_id, conversation_id, seq), message)
+            batch.put(conversation_keys.message(seq), message)
             items.append(AppendedItem(seq=seq, version=version, token_count=tokens))
             effects.append(
                 Appended(conversation_id=conversation_id, seq=seq, version=version, message=message)
@@ -199,8 +201,8 @@ class ConversationStateMachine:
                 version=version,
                 token_counts=command.token_counts,
             )
-            batch.put(keys.idempotency_key(group_id, conversation_id, key), record.encode())
-            batch.put(keys.idempotency_index_key(group_id, conversation_id, version), key.encode())
+            batch.put(key_key, record.encode())
+            batch.put(conversation_keys.idempotency_index(version), key.encode())
         floor = self._evict_idempotency_keys(group_id, conversation_id, state, version, batch)
         # Built directly, not with dataclasses.replace: this is the hot path.
         new_state = ConversationState(

@@ -21,6 +21,7 @@ import struct
 
 __all__ = [
     "SEQ_MAX",
+    "ConversationKeys",
     "applied_index_key",
     "conversation_id_of_key",
     "conversation_key",
@@ -41,6 +42,12 @@ SEQ_MAX = 2**64 - 1
 _GROUP = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _LEN = struct.Struct(">H")
+# The tags after the group prefix (see the layout above) that more than one
+# function writes.
+_STATE = b"c"
+_MESSAGE = b"m"
+_IDEMPOTENCY = b"k"
+_IDEMPOTENCY_INDEX = b"i"
 
 
 def _group_prefix(group_id: int) -> bytes:
@@ -63,8 +70,34 @@ def _conversation_part(conversation_id: str) -> bytes:
     return _LEN.pack(len(raw)) + raw
 
 
+class ConversationKeys:
+    """The keys of one conversation's values, with the ``group | conversation``
+    part encoded once: an append writes four of them (message, counters,
+    idempotency key and its index) and reads one. The module's functions
+    build their keys through it, so each layout is written down once."""
+
+    __slots__ = ("_conversation", "_group")
+
+    def __init__(self, group_id: int, conversation_id: str) -> None:
+        self._group = _group_prefix(group_id)
+        self._conversation = _conversation_part(conversation_id)
+
+    def state(self) -> bytes:
+        """The counters (``ConversationState``)."""
+        return self._group + _STATE + self._conversation
+
+    def message(self, seq: int) -> bytes:
+        return self._group + _MESSAGE + self._conversation + _U64.pack(seq)
+
+    def idempotency(self, key: str) -> bytes:
+        return self._group + _IDEMPOTENCY + self._conversation + key.encode()
+
+    def idempotency_index(self, version: int) -> bytes:
+        return self._group + _IDEMPOTENCY_INDEX + self._conversation + _U64.pack(version)
+
+
 def conversation_key(group_id: int, conversation_id: str) -> bytes:
-    return _group_prefix(group_id) + b"c" + _conversation_part(conversation_id)
+    return ConversationKeys(group_id, conversation_id).state()
 
 
 def conversation_range(group_id: int) -> tuple[bytes, bytes]:
@@ -87,11 +120,11 @@ def metadata_key(group_id: int, conversation_id: str) -> bytes:
 
 
 def _message_prefix(group_id: int, conversation_id: str) -> bytes:
-    return _group_prefix(group_id) + b"m" + _conversation_part(conversation_id)
+    return _group_prefix(group_id) + _MESSAGE + _conversation_part(conversation_id)
 
 
 def message_key(group_id: int, conversation_id: str, seq: int) -> bytes:
-    return _message_prefix(group_id, conversation_id) + _U64.pack(seq)
+    return ConversationKeys(group_id, conversation_id).message(seq)
 
 
 def message_range(
@@ -109,15 +142,15 @@ def seq_of_message_key(key: bytes) -> int:
 
 
 def idempotency_key(group_id: int, conversation_id: str, key: str) -> bytes:
-    return _group_prefix(group_id) + b"k" + _conversation_part(conversation_id) + key.encode()
+    return ConversationKeys(group_id, conversation_id).idempotency(key)
 
 
 def _idempotency_index_prefix(group_id: int, conversation_id: str) -> bytes:
-    return _group_prefix(group_id) + b"i" + _conversation_part(conversation_id)
+    return _group_prefix(group_id) + _IDEMPOTENCY_INDEX + _conversation_part(conversation_id)
 
 
 def idempotency_index_key(group_id: int, conversation_id: str, version: int) -> bytes:
-    return _idempotency_index_prefix(group_id, conversation_id) + _U64.pack(version)
+    return ConversationKeys(group_id, conversation_id).idempotency_index(version)
 
 
 def idempotency_index_range(

@@ -32,7 +32,6 @@ __all__ = [
 _STATE = struct.Struct(">QQQQQQB")
 # digest(16), first_seq, version, message count
 _IDEM_HEAD = struct.Struct(">16sQQI")
-_TOKEN = struct.Struct(">I")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -88,18 +87,25 @@ class IdempotencyRecord:
     token_counts: tuple[int, ...]
 
     def encode(self) -> bytes:
-        head = _IDEM_HEAD.pack(
-            self.request_digest, self.first_seq, self.version, len(self.token_counts)
-        )
-        return head + b"".join(_TOKEN.pack(count) for count in self.token_counts)
+        counts = self.token_counts
+        head = _IDEM_HEAD.pack(self.request_digest, self.first_seq, self.version, len(counts))
+        return head + _tokens(len(counts)).pack(*counts)
 
     @classmethod
     def decode(cls, raw: bytes) -> IdempotencyRecord:
         digest, first_seq, version, count = _IDEM_HEAD.unpack_from(raw)
-        if len(raw) != _IDEM_HEAD.size + count * _TOKEN.size:
+        tokens_format = _tokens(count)
+        if len(raw) != _IDEM_HEAD.size + tokens_format.size:
             raise InvariantViolation(f"idempotency record of {len(raw)} bytes for {count} messages")
-        tokens = struct.unpack_from(f">{count}I", raw, _IDEM_HEAD.size)
+        tokens = tokens_format.unpack_from(raw, _IDEM_HEAD.size)
         return cls(request_digest=digest, first_seq=first_seq, version=version, token_counts=tokens)
+
+
+@functools.lru_cache(maxsize=64)
+def _tokens(count: int) -> struct.Struct:
+    """The token counts of a record of ``count`` messages (cached: nearly
+    every append has one)."""
+    return struct.Struct(f">{count}I")
 
 
 def format_timestamp(epoch_ms: int) -> str:
