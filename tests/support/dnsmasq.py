@@ -13,7 +13,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
 
 from tests.support.ports import free_port
 
@@ -45,14 +50,43 @@ class Dnsmasq:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.3)
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"dnsmasq failed to start: {self._proc.stderr.read()!r}")  # type: ignore[union-attr]
+        # Ready once it answers. Not a fixed sleep: a SIGHUP (set_records)
+        # that arrives before dnsmasq has installed its handler kills it, and
+        # on a loaded machine its start took longer than the 0.3 s once slept
+        # here (both DNS tests of a CI run failed, dnsmasq gone without a log).
+        self._wait_until(lambda: self._answer("probe.test") is not None, "answer")
 
     def set_records(self, name: str, addresses: list[str]) -> None:
         self.hosts_file.write_text("".join(f"{addr} {name}\n" for addr in addresses))
         self._proc.send_signal(signal.SIGHUP)  # dnsmasq re-reads addn-hosts on HUP
-        time.sleep(0.2)
+        wanted = sorted(addresses)
+        self._wait_until(lambda: self._answer(name) == wanted, f"serve {name} -> {wanted}")
+
+    def _answer(self, name: str) -> list[str] | None:
+        """The A and AAAA addresses dnsmasq gives for ``name`` (empty: none),
+        or None if it does not answer."""
+        found: list[str] = []
+        for kind in ("A", "AAAA"):
+            try:
+                reply = dns.query.udp(
+                    dns.message.make_query(name, kind), "127.0.0.1", port=self.port, timeout=0.2
+                )
+            except (dns.exception.Timeout, OSError):
+                return None
+            found.extend(item.to_text() for rrset in reply.answer for item in rrset)
+        return sorted(found)
+
+    def _wait_until(
+        self, condition: Callable[[], bool], what: str, timeout_s: float = 10.0
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if self._proc.poll() is not None:
+                stderr = self._proc.stderr.read() if self._proc.stderr else b""
+                raise RuntimeError(f"dnsmasq exited ({self._proc.returncode}): {stderr!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not {what} within {timeout_s} s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self._proc.terminate()
