@@ -175,8 +175,8 @@ class ConversationStateMachine:
         # DESIGN: the key is checked before if_version, so an identical retry
         # of a guarded append is answered, not refused.
         if key is not None:
-            key_key = conversation_keys.idempotency(key)
-            raw = batch.get(key_key)
+            record_key = conversation_keys.idempotency(key)
+            raw = batch.get(record_key)
             if raw is not None:
                 return _answer_retry(IdempotencyRecord.decode(raw), command, state)
         if command.if_version is not None and command.if_version != state.version:
@@ -201,7 +201,7 @@ class ConversationStateMachine:
                 version=version,
                 token_counts=command.token_counts,
             )
-            batch.put(key_key, record.encode())
+            batch.put(record_key, record.encode())
             batch.put(conversation_keys.idempotency_index(version), key.encode())
         floor = self._evict_idempotency_keys(group_id, conversation_id, state, version, batch)
         # Built directly, not with dataclasses.replace: this is the hot path.

@@ -42,8 +42,8 @@ SEQ_MAX = 2**64 - 1
 _GROUP = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _LEN = struct.Struct(">H")
-# The tags after the group prefix (see the layout above) that more than one
-# function writes.
+# The tags after the group prefix of the keys ``ConversationKeys`` builds
+# (see the layout above).
 _STATE = b"c"
 _MESSAGE = b"m"
 _IDEMPOTENCY = b"k"
@@ -89,6 +89,10 @@ class ConversationKeys:
     def message(self, seq: int) -> bytes:
         return self._group + _MESSAGE + self._conversation + _U64.pack(seq)
 
+    def messages_end(self) -> bytes:
+        """Above every message key of the conversation (a range's stop)."""
+        return self._group + _MESSAGE + self._conversation + b"\xff" * 9
+
     def idempotency(self, key: str) -> bytes:
         return self._group + _IDEMPOTENCY + self._conversation + key.encode()
 
@@ -119,10 +123,6 @@ def metadata_key(group_id: int, conversation_id: str) -> bytes:
     return _group_prefix(group_id) + b"d" + _conversation_part(conversation_id)
 
 
-def _message_prefix(group_id: int, conversation_id: str) -> bytes:
-    return _group_prefix(group_id) + _MESSAGE + _conversation_part(conversation_id)
-
-
 def message_key(group_id: int, conversation_id: str, seq: int) -> bytes:
     return ConversationKeys(group_id, conversation_id).message(seq)
 
@@ -131,9 +131,9 @@ def message_range(
     group_id: int, conversation_id: str, lo_seq: int, hi_seq: int
 ) -> tuple[bytes, bytes]:
     """Keys of messages with ``lo_seq <= seq < hi_seq`` (``hi_seq`` may be ``SEQ_MAX + 1``)."""
-    prefix = _message_prefix(group_id, conversation_id)
-    stop = prefix + _U64.pack(hi_seq) if hi_seq <= SEQ_MAX else prefix + b"\xff" * 9
-    return prefix + _U64.pack(lo_seq), stop
+    conversation = ConversationKeys(group_id, conversation_id)
+    stop = conversation.message(hi_seq) if hi_seq <= SEQ_MAX else conversation.messages_end()
+    return conversation.message(lo_seq), stop
 
 
 def seq_of_message_key(key: bytes) -> int:
@@ -145,10 +145,6 @@ def idempotency_key(group_id: int, conversation_id: str, key: str) -> bytes:
     return ConversationKeys(group_id, conversation_id).idempotency(key)
 
 
-def _idempotency_index_prefix(group_id: int, conversation_id: str) -> bytes:
-    return _group_prefix(group_id) + _IDEMPOTENCY_INDEX + _conversation_part(conversation_id)
-
-
 def idempotency_index_key(group_id: int, conversation_id: str, version: int) -> bytes:
     return ConversationKeys(group_id, conversation_id).idempotency_index(version)
 
@@ -157,5 +153,5 @@ def idempotency_index_range(
     group_id: int, conversation_id: str, lo_version: int, hi_version: int
 ) -> tuple[bytes, bytes]:
     """Index keys of appends with ``lo_version <= version < hi_version``."""
-    prefix = _idempotency_index_prefix(group_id, conversation_id)
-    return prefix + _U64.pack(lo_version), prefix + _U64.pack(hi_version)
+    conversation = ConversationKeys(group_id, conversation_id)
+    return conversation.idempotency_index(lo_version), conversation.idempotency_index(hi_version)
