@@ -30,7 +30,7 @@ from fastpaca.cluster.node import ClusterNode
 from fastpaca.cluster.setup import ClusterSettings, cluster_settings
 from fastpaca.cluster.transport_ws import CLUSTER_PATH, WebSocketTransport
 from fastpaca.config import Settings
-from fastpaca.errors import ConfigError
+from fastpaca.errors import ConfigError, NodeFailed
 from fastpaca.observability.health import Readiness, every_group_has_leader
 from fastpaca.observability.metrics import Metrics
 from fastpaca.pubsub.adapter import PubSubAdapter
@@ -455,6 +455,19 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # A node whose Raft engine died (a failed LevelDB write: disk full, I/O
+    # error) would otherwise stay up, look live, and refuse every request
+    # until someone noticed. It shuts down as on SIGTERM instead and exits
+    # 1, so systemd or Nomad restart it from what is durable.
+    failures: list[BaseException] = []
+
+    def on_engine_failure(error: BaseException) -> None:
+        failures.append(error)
+        stop.set()
+
+    node.driver.on_failure(on_engine_failure)
+    if node.driver.failure is not None:  # failed before the callback was in
+        on_engine_failure(node.driver.failure)
     await stop.wait()
     notify("STOPPING=1")
     node.readiness.mark_stopping()
@@ -472,6 +485,8 @@ async def serve(settings: Settings) -> None:
     if node.cluster is not None:  # while aiohttp still reads the peers' links
         await _stop_cluster(node.driver, node.cluster, node.pubsub)
     await runner.cleanup()
+    if failures:
+        raise NodeFailed(f"the raft engine stopped: {failures[0]!r}")
     _log.info("stopped", extra={"type": "server.stopped"})
 
 

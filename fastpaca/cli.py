@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from fastpaca.config import Settings, load_settings
-from fastpaca.errors import ConfigError
+from fastpaca.errors import ConfigError, NodeFailed
 from fastpaca.observability.logging import configure_logging
 from fastpaca.version import __version__
 
@@ -77,6 +77,13 @@ def _serve(settings: Settings) -> int:
             runner.run(serve(settings))
     except ConfigError as exc:
         return _config_error(exc)
+    except NodeFailed as exc:  # its traceback was logged when it happened
+        _log.critical(
+            "node stopped after a fatal error; restart it once the cause is fixed: %s",
+            exc,
+            extra={"type": "server.failed"},
+        )
+        return EXIT_FAILURE
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return EXIT_FAILURE
     except Exception:

@@ -17,6 +17,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvariantViolation",
     "LeadershipLost",
+    "NodeFailed",
     "NotLeader",
     "Overloaded",
     "ProposalDropped",
@@ -99,6 +100,14 @@ class CorruptLogError(FastpacaError):
 class InvariantViolation(Exception):
     """A programmer error (log gap, term going backwards). Never mapped to a
     4xx: the node crashes and Raft recovers. Deliberately not a FastpacaError."""
+
+
+class NodeFailed(Exception):
+    """The Raft engine stopped on an error it cannot get past in place: a
+    LevelDB write failed (disk full, I/O error) or an invariant broke. The
+    node then shuts down and its process exits 1, so that its supervisor
+    restarts it from what is durable, rather than staying up and refusing
+    every request. Deliberately not a FastpacaError: nothing handles it."""
 
 
 # --- Conversations ------------------------------------------------------------

@@ -138,6 +138,7 @@ class RaftDriver:
         self._writer: ThreadPoolExecutor | None = None
         self._stopping = False
         self._failure: BaseException | None = None
+        self._failure_callbacks: list[Callable[[BaseException], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -191,6 +192,17 @@ class RaftDriver:
 
     def leader_of(self, group_id: int) -> str | None:
         return self._host.leader_of(group_id)
+
+    @property
+    def failure(self) -> Exception | None:
+        """The error that stopped the loop, if one did (then for good); a
+        cancel is not one."""
+        return self._failure if isinstance(self._failure, Exception) else None
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback(error)`` once if the loop stops on an error. Its
+        pending futures are failed first; a stop or cancel is not a failure."""
+        self._failure_callbacks.append(callback)
 
     def is_leader(self, group_id: int) -> bool:
         return self._host.is_leader(group_id)
@@ -347,6 +359,9 @@ class RaftDriver:
             if not isinstance(exc, asyncio.CancelledError):
                 _log.exception("raft loop on %s failed; node unavailable", self._node_id)
             self._waiters.fail_all(Unavailable(f"raft on {self._node_id} failed: {exc!r}"))
+            if isinstance(exc, Exception):
+                for callback in self._failure_callbacks:
+                    callback(exc)
             raise
 
     def _drain(self) -> None:

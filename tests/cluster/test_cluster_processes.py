@@ -2,7 +2,8 @@
 
 Routing (read-your-writes through every node, one ordered log under
 concurrent writers through all nodes), kill -9 of every node in turn (the
-coordinator included) with catch-up through a snapshot, and the secret rule.
+coordinator included) with catch-up through a snapshot, a node whose disk
+fills up, and the secret rule.
 """
 
 from __future__ import annotations
@@ -170,6 +171,43 @@ async def test_kill_9_of_any_node_keeps_writes_and_the_node_catches_up(
             for n in cluster.nodes
         ]
         assert sum(installed) > 0, installed
+    await _assert_replicas_agree(cluster, cids, acknowledged)
+
+
+async def test_a_node_whose_storage_fails_exits_1_and_the_others_go_on(
+    cluster: LocalCluster,
+) -> None:
+    """n3 may not grow a file past 1 MB, so its LevelDB writes fail as on a
+    full disk once its write-ahead log reaches that: it exits 1 rather than
+    staying connected with a dead engine, the others keep accepting writes,
+    and once restarted without the limit it holds every acknowledged append."""
+    first, second, failing = cluster.nodes
+    cluster.start(first)
+    cluster.start(second)
+    cluster.start(failing, max_file_bytes=1_000_000)
+    await cluster.wait_ready()
+    cids = [f"d{i}" for i in range(8)]
+    acknowledged: dict[str, list[str]] = {cid: [] for cid in cids}
+    async with aiohttp.ClientSession() as session:
+        for cid in cids:
+            await session.put(f"{first.url}/v1/conversations/{cid}", json={})
+        # Every node holds every group: n3 stores all of it. 2 MB of text.
+        for round_ in range(250):
+            for cid in cids:
+                text = f"{round_}-{cid}-" + "z" * 1000
+                await append(session, (first, second)[round_ % 2].url, cid, text)
+                acknowledged[cid].append(text)
+            if not failing.is_running():
+                break
+        assert failing.wait_exit(15) == 1, failing.log_text()[-2000:]
+        log = failing.log_text()
+        assert '"type":"server.failed"' in log and "File too large" in log, log[-2000:]
+        window = await _write_until_ok(session, [first, second], cids, acknowledged)
+        assert window < 3.0, f"writes failed for {window:.1f} s after n3 stopped"
+        cluster.start(failing)
+        await wait_ready(failing)
+        # Leading again (the coordinator rebalances) means it caught up.
+        await _wait_metric(session, failing.url, "fastpaca_raft_leaders", 2, at_least=True)
     await _assert_replicas_agree(cluster, cids, acknowledged)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.support.limits import file_size_limit
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +33,9 @@ class NodeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *, max_file_bytes: int | None = None) -> None:
+        """``max_file_bytes``: no file of the process may grow past it
+        (``file_size_limit``)."""
         env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": str(REPO),
@@ -50,6 +53,7 @@ class NodeProcess:
             cwd=REPO,
             stdout=log,
             stderr=log,
+            preexec_fn=file_size_limit(max_file_bytes),
         )
         log.close()
 

@@ -143,6 +143,49 @@ async def test_sigterm_drains_and_exits_0(node_factory: NodeFactory) -> None:
     await _check_acked_survived(node, acked)
 
 
+async def test_a_failed_storage_write_stops_the_node_with_exit_1(
+    node_factory: NodeFactory,
+) -> None:
+    """A LevelDB write that fails (here the process may not grow a file past
+    1 MB, so the write-ahead log's write fails as on a full disk) stops the
+    node with exit code 1 instead of leaving it up, refusing every request.
+    Every append it acknowledged is there after a restart."""
+    node = node_factory()
+    node.start(max_file_bytes=1_000_000)
+    await node.wait_ready()
+    url = f"{node.url}/v1/conversations/full-disk"
+    acked_seq = 0
+    refused = None
+    async with aiohttp.ClientSession() as session:
+        async with session.put(url, json={}) as response:
+            assert response.status == 201
+        for _ in range(2_000):  # 2 MB of text: well past the limit
+            try:
+                async with session.post(f"{url}/messages", json={"message": msg("y" * 1000)}) as r:
+                    if r.status != 201:
+                        refused = (r.status, await r.json())
+                        break
+                    acked_seq = (await r.json())["seq"]
+            except aiohttp.ClientError as exc:  # the node went away mid-request
+                refused = (0, {"error": repr(exc)})
+                break
+    assert refused is not None, "every append succeeded: the file size limit did not bite"
+    assert refused[0] in (0, 503), refused
+    assert acked_seq > 100
+    assert await node.wait_exit(15) == 1
+    log = node.log_text()
+    assert '"type":"server.failed"' in log, log
+    assert "File too large" in log, log
+    node.start()
+    await node.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        stored = await history(session, node.url, "full-disk")
+    # The refused append may or may not have reached the disk; nothing
+    # acknowledged is missing and the seqs have no hole.
+    assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+    assert acked_seq <= len(stored) <= acked_seq + 1
+
+
 def _serve_once(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {
         "PYTHONPATH": str(REPO),

@@ -426,14 +426,40 @@ async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
     )
     await transport.start()
     await driver.start()
+    failures: list[tuple[BaseException, int]] = []  # (error, proposals still pending)
+    driver.on_failure(lambda error: failures.append((error, driver.pending_proposals)))
     driver.ensure_group(1, ["n1"])
     await wait_for(lambda: driver.is_leader(1))
+    assert driver.failure is None
     kv.fail_writes = True
     with pytest.raises(Unavailable):
         await driver.propose(1, put_command(b"k", b"v"), timeout_s=5)
     with pytest.raises(Unavailable):
         await driver.propose(1, b"", timeout_s=1)  # the node refuses new work
+    # The server's hook (it shuts the node down): told once, with the
+    # write's error, after every pending proposal was failed.
+    assert [(str(error), pending) for error, pending in failures] == [("disk gone", 0)]
+    assert driver.failure is failures[0][0]
     await driver.stop()
+    assert len(failures) == 1
+
+
+async def test_a_plain_stop_is_not_a_failure() -> None:
+    hub = InMemoryHub()
+    kv = _FailingKV()
+    transport = hub.transport("n1")
+    driver = RaftDriver(
+        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
+    )
+    failures: list[BaseException] = []
+    driver.on_failure(failures.append)
+    await transport.start()
+    await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver.is_leader(1))
+    await driver.propose(1, put_command(b"k", b"v"), timeout_s=2)
+    await driver.stop()
+    assert failures == [] and driver.failure is None
 
 
 async def test_on_written_runs_after_each_good_write_before_its_results_are_released() -> None:

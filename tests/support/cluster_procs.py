@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.limits import file_size_limit
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +46,9 @@ class ClusterNodeProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], *, max_file_bytes: int | None = None) -> None:
+        """``max_file_bytes``: no file of the process may grow past it
+        (``file_size_limit``)."""
         assert not self.is_running()
         full_env = {
             "PATH": os.environ.get("PATH", ""),
@@ -64,6 +67,7 @@ class ClusterNodeProcess:
                 cwd=REPO,
                 stdout=log,
                 stderr=log,
+                preexec_fn=file_size_limit(max_file_bytes),
             )
 
     def log_path(self, start: int | None = None) -> Path:
@@ -128,8 +132,8 @@ class LocalCluster:
             **self.extra_env,
         }
 
-    def start(self, node: ClusterNodeProcess) -> None:
-        node.start(self.env_for(node))
+    def start(self, node: ClusterNodeProcess, *, max_file_bytes: int | None = None) -> None:
+        node.start(self.env_for(node), max_file_bytes=max_file_bytes)
 
     def start_all(self) -> None:
         for node in self.nodes:
