@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from fastpaca.cancellation import cancel_and_wait
 from fastpaca.errors import (
     NotLeader,
     Overloaded,
@@ -135,6 +136,7 @@ class RaftDriver:
         self._terms: dict[int, int] = {}
         self._led: set[int] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._deadlines: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._stopping = False
         self._failure: BaseException | None = None
@@ -155,6 +157,9 @@ class RaftDriver:
                 initializer=_no_wakeup_preemption,
             )
         self._runner = asyncio.create_task(self._supervise(), name=f"raft-{self._node_id}")
+        self._deadlines = asyncio.create_task(
+            self._expire_deadlines(), name=f"raft-deadlines-{self._node_id}"
+        )
 
     async def stop(self, *, transfer_leadership: bool = True) -> None:
         """Hand over the groups this node leads (bounded wait), stop the loop,
@@ -171,6 +176,9 @@ class RaftDriver:
             pass  # already logged by the loop; its futures are failed below
         finally:
             self._runner = None
+            if self._deadlines is not None:
+                await cancel_and_wait([self._deadlines], what="raft deadlines")
+                self._deadlines = None
             self._waiters.fail_all(Unavailable(f"raft on {self._node_id} is stopping"))
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
@@ -345,7 +353,7 @@ class RaftDriver:
                 now = loop.time()
                 if now >= next_tick:
                     self._host.tick()
-                    self._on_tick(now)
+                    self._on_tick()
                     # Ticks are counted, not replayed: after a stall, one tick.
                     next_tick = max(next_tick + tick_s, now + tick_s / 2)
                 self._drain()
@@ -491,10 +499,20 @@ class RaftDriver:
         self.stats.leaders_held = len(self._led)
         self._waiters.on_leader_change(group_id, role is Role.LEADER, leader_id)
 
-    def _on_tick(self, now: float) -> None:
-        """Once per tick: deadlines, stats that cost a pass over every group,
-        and reads whose index a snapshot install (not an apply) reached."""
-        self.stats.proposals_timed_out += self._waiters.expire(int(now / self._tick_s))
+    async def _expire_deadlines(self) -> None:
+        """Once per tick, fail the calls past their deadline. A task of its
+        own, not part of the loop's tick: a write stuck in the disk holds the
+        loop up, and its callers still get their timeout (then ``503``)
+        instead of hanging until the disk answers."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._tick_s)
+            now_tick = int(loop.time() / self._tick_s)
+            self.stats.proposals_timed_out += self._waiters.expire(now_tick)
+
+    def _on_tick(self) -> None:
+        """Once per tick: stats that cost a pass over every group, and reads
+        whose index a snapshot install (not an apply) reached."""
         host_stats = self._host.stats
         self.stats.messages_dropped = (
             self._host.dropped_by_cores

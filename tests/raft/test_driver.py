@@ -444,6 +444,44 @@ async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
     assert len(failures) == 1
 
 
+class _StallingKV(MemoryKV):
+    """Writes block while ``stalled`` is clear: a disk that stops answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = threading.Event()
+        self.stalled.set()
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        self.stalled.wait()
+        super().write(batch, sync=sync)
+
+
+async def test_a_write_stuck_in_the_disk_still_lets_callers_time_out() -> None:
+    """The loop waits for its write; the callers' deadlines do not."""
+    hub = InMemoryHub()
+    kv = _StallingKV()
+    transport = hub.transport("n1")
+    driver = RaftDriver(
+        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
+    )
+    await transport.start()
+    await driver.start()
+    try:
+        driver.ensure_group(1, ["n1"])
+        await wait_for(lambda: driver.is_leader(1))
+        kv.stalled.clear()
+        started = time.monotonic()
+        with pytest.raises(ProposalTimeout):
+            # The outer bound only keeps a regression from hanging the suite.
+            await asyncio.wait_for(driver.propose(1, put_command(b"k", b"v"), timeout_s=0.2), 5)
+        assert time.monotonic() - started < 2.0
+        assert driver.stats.proposals_timed_out == 1
+    finally:
+        kv.stalled.set()  # the disk answers again: the loop and stop go on
+        await driver.stop()
+
+
 async def test_a_plain_stop_is_not_a_failure() -> None:
     hub = InMemoryHub()
     kv = _FailingKV()
