@@ -287,9 +287,15 @@ class WebSocketTransport:
             try:
                 link = await self._dial(peer_id, self._peers[peer_id])
             except Exception as exc:
-                failures += 1
-                log = _log.warning if failures == 1 else _log.debug
-                log("cluster: cannot connect to %s (attempt %d): %s", peer_id, failures, exc)
+                if isinstance(exc, _Refused) and exc.code == CLOSE_DUPLICATE:
+                    # The peer kept a connection it already has with us (both
+                    # dialed at once, or it still holds our previous one): the
+                    # duplicate rule at work, not a failure worth a warning.
+                    _log.debug("cluster: %s kept its other connection to us", peer_id)
+                else:
+                    failures += 1
+                    log = _log.warning if failures == 1 else _log.debug
+                    log("cluster: cannot connect to %s (attempt %d): %s", peer_id, failures, exc)
                 await self._sleep_jittered(backoff_s)
                 backoff_s = min(backoff_s * 2, self._config.dial_backoff_max_s)
                 continue
