@@ -46,13 +46,22 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _reply(text[status], "Error") for status in statuses}
 
 
+CONVERSATION_ID_PATTERN = (
+    "^[^/\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$"
+)
+"""The id's characters as a pattern (ECMA-262, as JSON Schema reads it):
+anything but ``/``, the control characters and what Python's
+``str.isspace`` calls whitespace, the rule ``parse_conversation_id``
+applies. The byte length (at most 256 bytes of UTF-8) has no JSON Schema
+form; the description says it."""
+
 _ID_PARAM = {
     "name": "id",
     "in": "path",
     "required": True,
     "description": f"1-{CONVERSATION_ID_BYTES_MAX} bytes of UTF-8; no '/', whitespace or "
     "control characters (percent-encode in the path)",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1, "pattern": CONVERSATION_ID_PATTERN},
 }
 
 

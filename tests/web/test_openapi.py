@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from aiohttp.test_utils import TestClient
 
-from fastpaca.web.openapi import openapi_document
+from fastpaca.errors import ValidationError
+from fastpaca.web.openapi import CONVERSATION_ID_PATTERN, openapi_document
+from fastpaca.web.schemas import parse_conversation_id
 from fastpaca.web.server import CATCH_ALL_ROUTE, STREAM_ROUTE
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -60,3 +65,26 @@ def test_every_reference_resolves() -> None:
         for status in op["responses"]
     }
     assert {"400", "404", "409", "410", "413", "429", "503"} <= statuses
+
+
+def test_the_id_pattern_is_the_rule_the_server_applies() -> None:
+    """Every code point: the documented pattern admits it exactly when the
+    server accepts it as a one-character conversation id."""
+    pattern = re.compile(CONVERSATION_ID_PATTERN)
+    disagree = []
+    for code_point in range(0x110000):
+        if 0xD800 <= code_point <= 0xDFFF:  # surrogates: not UTF-8, nothing to agree on
+            continue
+        ch = chr(code_point)
+        try:
+            parse_conversation_id(quote(ch, safe=""))
+            accepted = True
+        except ValidationError:
+            accepted = False
+        if accepted != (pattern.fullmatch(ch) is not None):
+            disagree.append(hex(code_point))
+    assert disagree == []
+    for path, item in openapi_document()["paths"].items():
+        if "{id}" in path:
+            (parameter,) = item["parameters"]
+            assert parameter["schema"]["pattern"] == CONVERSATION_ID_PATTERN, path
