@@ -258,8 +258,11 @@ class RedisFanout:
         self._interest_changed.set()
 
     async def _subscribe_loop(self) -> None:
-        """Keep one subscribed connection; rebuild it after any failure."""
+        """Keep one subscribed connection; rebuild it after any failure.
+        An outage is logged once when it starts (a warning) and once when it
+        ends, not at every attempt in between (every 5 s at most)."""
         backoff_s = BACKOFF_INITIAL_S
+        down = False
         client = self._client(socket_timeout=None)  # an idle subscription is not a timeout
         try:
             while True:
@@ -268,6 +271,14 @@ class RedisFanout:
                     # A channel of our own keeps the connection in subscribed
                     # mode (readable) even while no conversation is watched.
                     await pubsub.subscribe(b"fastpaca:node:" + self._node_id.encode())
+                    if down:
+                        _log.info(
+                            "pubsub: redis subscription at %s:%d restored",
+                            self._host,
+                            self._port,
+                            extra={"type": "pubsub.redis_up"},
+                        )
+                        down = False
                     # redis-py would reconnect this connection by itself (and
                     # re-subscribe) on the next command or read after a
                     # failure: refuse, so that losses are always seen here.
@@ -279,13 +290,15 @@ class RedisFanout:
                     await self._serve(pubsub)
                 except (RedisError, OSError) as exc:
                     self.connected.clear()
-                    _log.warning(
+                    log = _log.debug if down else _log.warning
+                    log(
                         "pubsub: redis subscription at %s:%d lost: %s",
                         self._host,
                         self._port,
                         exc,
                         extra={"type": "pubsub.redis_down"},
                     )
+                    down = True
                 finally:
                     self.connected.clear()
                     self._connection_lost()

@@ -5,6 +5,7 @@ going away and coming back without blocking the apply path."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -146,8 +147,9 @@ def wire_event(cid: str) -> StreamEvent:
 
 
 async def test_losing_redis_never_blocks_and_recovers(
-    pair: Pair, redis_server: RedisServer
+    pair: Pair, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="fastpaca.pubsub.redis_adapter")
     pair.watch("a", "c1")
     pair.watch("b", "c1")
     await until_subscribed(redis_server, "c1", 2)
@@ -161,6 +163,7 @@ async def test_losing_redis_never_blocks_and_recovers(
     assert time.perf_counter() - started < 0.5  # the apply path only queues
     assert pair.seqs("a")[-1] == 101  # the leader's own subscribers never need Redis
     await until(lambda: pair.fanouts["a"].stats.events_dropped > 0)
+    await asyncio.sleep(1.0)  # several reconnect attempts (0.1, 0.2, 0.4 s apart)
 
     redis_server.start()  # same port, empty: b must subscribe again by itself
     await until_subscribed(
@@ -172,6 +175,12 @@ async def test_losing_redis_never_blocks_and_recovers(
     await until(lambda: pair.seqs("b")[-1:] == [200], timeout_s=15)
     # What b missed shows as a hole in its seqs: the websocket's gap.
     assert pair.seqs("b")[0] == 1 and len(pair.seqs("b")) < 101
+    # One warning per node when its subscription was lost and one line when
+    # it came back, not one per reconnect attempt.
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    lost = [m for level, m in lines if level == "WARNING" and "subscription" in m]
+    restored = [m for level, m in lines if level == "INFO" and "restored" in m]
+    assert len(lost) == 2 and len(restored) == 2, lines
 
 
 async def test_a_node_alone_publishes_locally_and_to_redis(
