@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,15 +98,8 @@ async def conversations_led_by(cluster: LocalCluster, index: int, count: int) ->
 
 
 def wrk_ids(port: int, ids_file: Path, seconds: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t2", "-c64", f"-d{seconds}s", "-s", str(HERE / "wrk_ids.lua"),
-         f"http://127.0.0.1:{port}"],
-        env={**os.environ, "IDS_FILE": str(ids_file)}, capture_output=True, text=True,
-        check=True,
-    )  # fmt: skip
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("{"))
-    result: dict[str, float] = json.loads(line)
-    return result
+    return run_wrk(port, seconds=seconds, connections=64, append_pct=100, conversations=0,
+                   prefix="", ids_file=ids_file)  # fmt: skip
 
 
 def measure(cluster: LocalCluster, mode: str, ids_file: Path, seconds: int) -> None:

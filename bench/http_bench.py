@@ -166,9 +166,12 @@ async def await_ready(port: int, timeout_s: float = 30.0) -> None:
 
 
 def run_wrk(port: int, *, seconds: int, connections: int, append_pct: int, conversations: int,
-            prefix: str) -> dict[str, float]:  # fmt: skip
+            prefix: str, ids_file: Path | None = None) -> dict[str, float]:  # fmt: skip
+    """``ids_file``: write to the ids listed in it instead of ``prefix-1..conversations``."""
     env = {**os.environ, "CONVERSATIONS": str(conversations), "APPEND_PCT": str(append_pct),
            "CONV_PREFIX": prefix}  # fmt: skip
+    if ids_file is not None:
+        env["IDS_FILE"] = str(ids_file)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
          str(HERE / "wrk_mix.lua"), f"http://127.0.0.1:{port}"],

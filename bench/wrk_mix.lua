@@ -1,6 +1,13 @@
 -- wrk script for bench/http_bench.py: appends of ~300-byte messages spread
 -- over CONVERSATIONS conversations, mixed with tail reads (APPEND_PCT % appends).
--- Counts appends and non-2xx replies per thread and prints them as one JSON line.
+-- With IDS_FILE, the conversations are instead the ids listed one per line in
+-- that file (bench/cluster_cpu.py). Counts appends and non-2xx replies per
+-- thread and prints them as one JSON line.
+local ids = nil
+if os.getenv("IDS_FILE") then
+  ids = {}
+  for line in io.lines(os.getenv("IDS_FILE")) do table.insert(ids, line) end
+end
 local conversations = tonumber(os.getenv("CONVERSATIONS") or "1000")
 local append_pct = tonumber(os.getenv("APPEND_PCT") or "80")
 local prefix = os.getenv("CONV_PREFIX") or "bench"
@@ -21,7 +28,12 @@ function init(args)
 end
 
 function request()
-  local conversation = prefix .. "-" .. math.random(1, conversations)
+  local conversation
+  if ids then
+    conversation = ids[math.random(1, #ids)]
+  else
+    conversation = prefix .. "-" .. math.random(1, conversations)
+  end
   if math.random(1, 100) <= append_pct then
     return wrk.format("POST", "/v1/conversations/" .. conversation .. "/messages",
                       {["Content-Type"] = "application/json"}, body)

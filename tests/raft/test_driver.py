@@ -207,18 +207,23 @@ class _PolicyKV(MemoryKV):
         super().write(batch, sync=sync)
 
 
-async def test_writes_run_in_a_batch_scheduled_thread() -> None:
-    hub = InMemoryHub()
-    kv = _PolicyKV()
-    transport = hub.transport("n1")
+async def lone_leader(kv: KV) -> RaftDriver:
+    """A started driver over ``kv`` whose only group (1) it leads alone."""
+    transport = InMemoryHub().transport("n1")
     driver = RaftDriver(
         node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
     )
     await transport.start()
     await driver.start()
+    driver.ensure_group(1, ["n1"])
+    await wait_for(lambda: driver.is_leader(1))
+    return driver
+
+
+async def test_writes_run_in_a_batch_scheduled_thread() -> None:
+    kv = _PolicyKV()
+    driver = await lone_leader(kv)
     try:
-        driver.ensure_group(1, ["n1"])
-        await wait_for(lambda: driver.is_leader(1))
         await driver.propose(1, put_command(b"k", b"v"), timeout_s=2)
     finally:
         await driver.stop()
@@ -418,18 +423,10 @@ class _FailingKV(MemoryKV):
 
 
 async def test_failed_write_fails_pending_futures_instead_of_hanging() -> None:
-    hub = InMemoryHub()
     kv = _FailingKV()
-    transport = hub.transport("n1")
-    driver = RaftDriver(
-        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
-    )
-    await transport.start()
-    await driver.start()
+    driver = await lone_leader(kv)
     failures: list[tuple[BaseException, int]] = []  # (error, proposals still pending)
     driver.on_failure(lambda error: failures.append((error, driver.pending_proposals)))
-    driver.ensure_group(1, ["n1"])
-    await wait_for(lambda: driver.is_leader(1))
     assert driver.failure is None
     kv.fail_writes = True
     with pytest.raises(Unavailable):
@@ -459,17 +456,9 @@ class _StallingKV(MemoryKV):
 
 async def test_a_write_stuck_in_the_disk_still_lets_callers_time_out() -> None:
     """The loop waits for its write; the callers' deadlines do not."""
-    hub = InMemoryHub()
     kv = _StallingKV()
-    transport = hub.transport("n1")
-    driver = RaftDriver(
-        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
-    )
-    await transport.start()
-    await driver.start()
+    driver = await lone_leader(kv)
     try:
-        driver.ensure_group(1, ["n1"])
-        await wait_for(lambda: driver.is_leader(1))
         kv.stalled.clear()
         started = time.monotonic()
         with pytest.raises(ProposalTimeout):
@@ -483,18 +472,9 @@ async def test_a_write_stuck_in_the_disk_still_lets_callers_time_out() -> None:
 
 
 async def test_a_plain_stop_is_not_a_failure() -> None:
-    hub = InMemoryHub()
-    kv = _FailingKV()
-    transport = hub.transport("n1")
-    driver = RaftDriver(
-        node_id="n1", kv=kv, state_machine=KVStateMachine(kv), transport=transport, config=FAST
-    )
+    driver = await lone_leader(_FailingKV())
     failures: list[BaseException] = []
     driver.on_failure(failures.append)
-    await transport.start()
-    await driver.start()
-    driver.ensure_group(1, ["n1"])
-    await wait_for(lambda: driver.is_leader(1))
     await driver.propose(1, put_command(b"k", b"v"), timeout_s=2)
     await driver.stop()
     assert failures == [] and driver.failure is None
