@@ -459,9 +459,9 @@ async def serve(settings: Settings) -> None:
     # error) would otherwise stay up, look live, and refuse every request
     # until someone noticed. It shuts down as on SIGTERM instead and exits
     # 1, so systemd or Nomad restart it from what is durable.
-    failures: list[BaseException] = []
+    failures: list[Exception] = []
 
-    def on_engine_failure(error: BaseException) -> None:
+    def on_engine_failure(error: Exception) -> None:
         failures.append(error)
         stop.set()
 

@@ -14,9 +14,11 @@ and apply in the write that persists them.)
 
 Every call into the host happens on the loop task, between iterations: the
 public methods only enqueue work and wake the loop. The futures owed to
-callers live in ``waiters.py``; they never hang: an error in the loop fails
-every pending one with ``Unavailable``, and ``stop`` does the same. This
-module does no Raft logic and no encoding.
+callers live in ``waiters.py``; they never hang: their deadlines are checked
+by a small task of their own (so a write stuck in the disk does not hold
+them), an error in the loop fails every pending one with ``Unavailable`` and
+tells ``on_failure`` callbacks, and ``stop`` does the same. This module does
+no Raft logic and no encoding.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class RaftDriver:
         self._writer: ThreadPoolExecutor | None = None
         self._stopping = False
         self._failure: BaseException | None = None
-        self._failure_callbacks: list[Callable[[BaseException], None]] = []
+        self._failure_callbacks: list[Callable[[Exception], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -207,7 +209,7 @@ class RaftDriver:
         cancel is not one."""
         return self._failure if isinstance(self._failure, Exception) else None
 
-    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+    def on_failure(self, callback: Callable[[Exception], None]) -> None:
         """Call ``callback(error)`` once if the loop stops on an error. Its
         pending futures are failed first; a stop or cancel is not a failure."""
         self._failure_callbacks.append(callback)
