@@ -31,7 +31,11 @@ from fastpaca.cluster.setup import ClusterSettings, cluster_settings
 from fastpaca.cluster.transport_ws import CLUSTER_PATH, WebSocketTransport
 from fastpaca.config import Settings
 from fastpaca.errors import ConfigError, NodeFailed
-from fastpaca.observability.health import Readiness, every_group_has_leader
+from fastpaca.observability.health import (
+    Readiness,
+    every_group_has_leader,
+    storage_not_stalled,
+)
 from fastpaca.observability.metrics import Metrics
 from fastpaca.pubsub.adapter import PubSubAdapter
 from fastpaca.pubsub.bus import LocalBus
@@ -143,6 +147,7 @@ def create_app(
         else:
             effects.add_listener(pubsub)
             metrics.watch_pubsub(pubsub.stats)
+        readiness.add_check(storage_not_stalled(driver))
         cluster = None
         if isinstance(transport, WebSocketTransport) and cluster_config is not None:
             cluster = _cluster_node(cluster_config, settings, driver, transport, make_runtime)

@@ -1,8 +1,9 @@
 """Liveness and readiness of the node (``/health/live``, ``/health/ready``).
 
 Owns the rule "ready once every Raft group this node hosts has a known
-leader", plus any extra checks other subsystems register (the cluster adds
-"joined its peers"). It reads state and never changes it.
+leader", the rule "not while a storage write is stuck", plus any extra
+checks other subsystems register (the cluster adds "joined its peers"). It
+reads state and never changes it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ __all__ = [
     "ReadinessCheck",
     "ReadinessReport",
     "every_group_has_leader",
+    "storage_not_stalled",
 ]
+
+WRITE_STALL_LIMIT_S = 5.0
+"""A Raft write (one fsync'd LevelDB batch) taking longer than this makes
+the node not ready: far above any healthy disk's latency, and short enough
+that a load balancer moves traffic away while the disk does not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,24 @@ class Readiness:
             if not report.is_ready:
                 return report
         return ReadinessReport(True)
+
+
+class WriteTiming(Protocol):
+    def write_running_s(self) -> float: ...
+
+
+def storage_not_stalled(
+    engine: WriteTiming, limit_s: float = WRITE_STALL_LIMIT_S
+) -> ReadinessCheck:
+    def check() -> ReadinessReport:
+        running_s = engine.write_running_s()
+        if running_s > limit_s:
+            return ReadinessReport(
+                False, f"a raft storage write has not returned for {running_s:.1f} s"
+            )
+        return ReadinessReport(True)
+
+    return check
 
 
 def every_group_has_leader(engine: GroupLeadership) -> ReadinessCheck:

@@ -140,6 +140,7 @@ class RaftDriver:
         self._runner: asyncio.Task[None] | None = None
         self._deadlines: asyncio.Task[None] | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._write_started: float | None = None
         self._stopping = False
         self._failure: BaseException | None = None
         self._failure_callbacks: list[Callable[[Exception], None]] = []
@@ -208,6 +209,14 @@ class RaftDriver:
         """The error that stopped the loop, if one did (then for good); a
         cancel is not one."""
         return self._failure if isinstance(self._failure, Exception) else None
+
+    def write_running_s(self) -> float:
+        """How long the write in progress has been running (0 when none):
+        readiness turns this node away when its disk stops answering."""
+        started = self._write_started
+        if started is None or self._loop_or_none is None:
+            return 0.0
+        return self._loop_or_none.time() - started
 
     def on_failure(self, callback: Callable[[Exception], None]) -> None:
         """Call ``callback(error)`` once if the loop stops on an error. Its
@@ -437,7 +446,11 @@ class RaftDriver:
             in_thread = iteration.must_sync or not apply_pass
             if self._writer is not None and iteration.batch and in_thread:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer, iteration.write)
+                self._write_started = loop.time()
+                try:
+                    await loop.run_in_executor(self._writer, iteration.write)
+                finally:
+                    self._write_started = None
             else:
                 iteration.write()
         except BaseException:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fastpaca.errors import LeadershipLost, NotLeader, Overloaded, ProposalTimeout, Unavailable
+from fastpaca.observability.health import storage_not_stalled
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import KV, LevelDBKV, MemoryKV, WriteBatch
 from fastpaca.raft.messages import ConfChange, ConfChangeOp, ConfState
@@ -466,8 +467,14 @@ async def test_a_write_stuck_in_the_disk_still_lets_callers_time_out() -> None:
             await asyncio.wait_for(driver.propose(1, put_command(b"k", b"v"), timeout_s=0.2), 5)
         assert time.monotonic() - started < 2.0
         assert driver.stats.proposals_timed_out == 1
+        # Readiness sees the stall (the node's check uses a 5 s limit).
+        assert driver.write_running_s() >= 0.2
+        assert not storage_not_stalled(driver, limit_s=0.1)().is_ready
+        kv.stalled.set()  # the disk answers again
+        await wait_for(lambda: driver.write_running_s() == 0.0)
+        assert storage_not_stalled(driver, limit_s=0.1)().is_ready
     finally:
-        kv.stalled.set()  # the disk answers again: the loop and stop go on
+        kv.stalled.set()  # the loop and stop go on
         await driver.stop()
 
 
