@@ -104,6 +104,7 @@ def create_app(
     if cluster_config is not None:  # the node id is our CLUSTER_NODES / DNS name
         settings = settings.model_copy(update={"node_name": cluster_config.me.node_id})
     node_id = _resolve_node_id(settings, data_dir)
+    _check_group_count(settings, data_dir)
     kv = _open_kv(data_dir)
     try:
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
@@ -338,6 +339,30 @@ def _resolve_node_id(settings: Settings, data_dir: Path) -> str:
                 f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
             ) from None
     return node_id
+
+
+def _check_group_count(settings: Settings, data_dir: Path) -> None:
+    """Keep FASTPACA_RAFT_GROUPS in the data dir and refuse another value:
+    a conversation's group is its id's hash modulo the count, so a node
+    restarted with a different count would look for every conversation in
+    the wrong group, answer "not found" and start new histories there.
+    (A data dir from before this file was kept takes the current value.)"""
+    stored_file = data_dir / "raft_groups"
+    if stored_file.exists():
+        stored = stored_file.read_text().strip()
+        if stored != str(settings.raft_groups):
+            raise ConfigError(
+                f"FASTPACA_RAFT_GROUPS={settings.raft_groups}: the data directory {data_dir} "
+                f"was created with {stored} groups and a conversation's group depends on "
+                f"it; use {stored} or a fresh FASTPACA_RAFT_DATA_DIR"
+            )
+        return
+    try:
+        stored_file.write_text(f"{settings.raft_groups}\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
+        ) from None
 
 
 def _open_kv(data_dir: Path) -> LevelDBKV:

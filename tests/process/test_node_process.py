@@ -237,8 +237,40 @@ async def test_second_node_on_the_same_data_dir_exits_2(
     node = node_factory()
     node.start()
     await node.wait_ready()
-    done = _serve_once(tmp_path, FASTPACA_RAFT_DATA_DIR=str(node.data_dir))
+    done = _serve_once(
+        tmp_path, FASTPACA_RAFT_DATA_DIR=str(node.data_dir), FASTPACA_RAFT_GROUPS="8"
+    )
     _assert_one_line(done, "FASTPACA_RAFT_DATA_DIR")
+    assert "cannot open LevelDB" in done.stderr, done.stderr
+
+
+async def test_another_group_count_on_the_same_data_dir_exits_2(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """A conversation's group is its id's hash modulo the group count: a
+    node restarted with another count would not find its conversations."""
+    node = node_factory()  # FASTPACA_RAFT_GROUPS=8
+    node.start()
+    await node.wait_ready()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{node.url}/v1/conversations/kept", json={}) as response,
+    ):
+        assert response.status == 201
+    node.signal(signal.SIGTERM)
+    assert await node.wait_exit(10) == 0
+    done = _serve_once(
+        tmp_path, FASTPACA_RAFT_DATA_DIR=str(node.data_dir), FASTPACA_RAFT_GROUPS="4"
+    )
+    _assert_one_line(done, "FASTPACA_RAFT_GROUPS=4")
+    assert "created with 8 groups" in done.stderr, done.stderr
+    node.start()  # the right count: all there
+    await node.wait_ready()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{node.url}/v1/conversations/kept") as response,
+    ):
+        assert response.status == 200
 
 
 async def test_sigterm_waits_for_a_request_still_being_sent(node_factory: NodeFactory) -> None:
