@@ -44,6 +44,7 @@ from fastpaca.pubsub.publisher import StreamPublisher
 from fastpaca.pubsub.redis_adapter import RedisFanout
 from fastpaca.raft.driver import DriverConfig, RaftDriver
 from fastpaca.raft.kv import LevelDBKV
+from fastpaca.raft.leveldb import LevelDBStorage
 from fastpaca.raft.transport import Transport
 from fastpaca.raft.transport_memory import InMemoryHub
 from fastpaca.sdnotify import notify
@@ -107,6 +108,8 @@ def create_app(
     _check_group_count(settings, data_dir)
     kv = _open_kv(data_dir)
     try:
+        if cluster_config is None:
+            _check_not_a_cluster_member(kv, node_id, data_dir)
         metrics, readiness, effects = Metrics(), Readiness(), EffectHub()
         bus = LocalBus()
         fsm = ConversationStateMachine(kv, effect_sink=effects)
@@ -363,6 +366,20 @@ def _check_group_count(settings: Settings, data_dir: Path) -> None:
         raise ConfigError(
             f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
         ) from None
+
+
+def _check_not_a_cluster_member(kv: LevelDBKV, node_id: str, data_dir: Path) -> None:
+    """A node started alone on a cluster member's data could never elect a
+    leader (its groups' other voters are not there): it would stay "starting"
+    and refuse every write. Say so at start instead."""
+    others = LevelDBStorage.stored_members(kv) - {node_id}
+    if others:
+        named = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(
+            f"CLUSTER_NODES and DNS_CLUSTER_QUERY are unset, but the data directory "
+            f"{data_dir} belongs to a cluster member (its groups also name {named}); "
+            "set them as before, or use a fresh FASTPACA_RAFT_DATA_DIR"
+        )
 
 
 def _open_kv(data_dir: Path) -> LevelDBKV:

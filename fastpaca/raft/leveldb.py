@@ -187,6 +187,17 @@ class LevelDBStorage:
                 return groups
             start = group_prefix(group_id + 1)
 
+    @staticmethod
+    def stored_members(kv: KVView) -> set[str]:
+        """Every node named as a voter or learner by a group stored in ``kv``."""
+        members: set[str] = set()
+        for group_id in LevelDBStorage.list_groups(kv):
+            raw = kv.get(group_prefix(group_id) + b"c")
+            if raw:
+                conf = decode_conf_state(group_id, raw)
+                members.update(conf.voters, conf.learners)
+        return members
+
     @property
     def group_id(self) -> int:
         return self._group_id

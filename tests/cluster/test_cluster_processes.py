@@ -287,3 +287,24 @@ async def test_node_name_outside_cluster_nodes_exits_2(tmp_path: Path) -> None:
     assert node.wait_exit(15) == 2
     lines = node.log_text().strip().splitlines()
     assert len(lines) == 1 and lines[0].count("NODE_NAME=stranger") == 1, lines
+
+
+async def test_a_member_started_without_its_cluster_exits_2(cluster: LocalCluster) -> None:
+    """A member's data started alone could never elect a leader (the other
+    voters are not there): one line at start, instead of a node that stays
+    "starting" and refuses every write."""
+    cluster.start_all()
+    await cluster.wait_ready()
+    for node in cluster.nodes:
+        node.terminate()
+    for node in cluster.nodes:
+        assert node.wait_exit(15) == 0
+    first = cluster.nodes[0]
+    env = cluster.env_for(first)
+    del env["CLUSTER_NODES"]
+    env["NODE_NAME"] = first.entry  # the same name: only the cluster is missing
+    first.start(env)
+    assert first.wait_exit(15) == 2
+    lines = first.log_text().strip().splitlines()
+    assert len(lines) == 1 and "CLUSTER_NODES" in lines[0], lines
+    assert cluster.nodes[1].entry in lines[0] and cluster.nodes[2].entry in lines[0], lines

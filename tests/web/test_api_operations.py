@@ -9,12 +9,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from node_harness import FAST_DRIVER
 
-from fastpaca.app import create_app
+from fastpaca.app import NODE_KEY, create_app
 from fastpaca.config import Settings
-from fastpaca.raft.driver import RaftDriver
-from fastpaca.raft.kv import LevelDBKV
-from fastpaca.raft.transport_memory import InMemoryHub
-from fastpaca.store.fsm import ConversationStateMachine
+from fastpaca.raft.messages import ConfChange, ConfChangeOp
 
 
 async def test_health_live_and_ready(client: TestClient) -> None:
@@ -89,33 +86,29 @@ async def test_rate_limit_gives_429_but_spares_health(make_node: Any) -> None:
 
 
 async def test_without_quorum_requests_get_503_and_ready_says_why(tmp_path: Path) -> None:
-    """Groups whose second voter never shows up cannot elect: no quorum."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "node_name").write_text("n1\n")
-    kv = LevelDBKV(str(data_dir / "leveldb"))
-    driver = RaftDriver(
-        node_id="n1",
-        kv=kv,
-        state_machine=ConversationStateMachine(kv),
-        transport=InMemoryHub().transport("n1"),
-        config=FAST_DRIVER,
-    )
-    await driver.start()
-    for group_id in range(4):
-        driver.ensure_group(group_id, ["n1", "ghost"])
-    await asyncio.sleep(0.1)
-    await driver.stop(transfer_leadership=False)
-    kv.close()
-
+    """Every group gains a second voter that never shows up: the leader loses
+    its quorum, steps down (check-quorum), and no group can elect again."""
     settings = Settings(
-        FASTPACA_RAFT_DATA_DIR=str(data_dir),
+        FASTPACA_RAFT_DATA_DIR=str(tmp_path / "data"),
         FASTPACA_RAFT_GROUPS=4,
         FASTPACA_REQUEST_TIMEOUT_MS=300,
         NODE_NAME="n1",
     )
     app = create_app(settings, driver_config=FAST_DRIVER)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await client.get("/health/ready")).status != 200:
+            assert asyncio.get_running_loop().time() < deadline, "never ready"
+            await asyncio.sleep(0.05)
+        driver = app[NODE_KEY].driver
+        for group_id in range(4):
+            await driver.change_membership(
+                group_id, ConfChange(op=ConfChangeOp.ADD_VOTER, node_id="ghost"), timeout_s=5
+            )
+        deadline = asyncio.get_running_loop().time() + 10
+        while any(driver.leader_of(g) is not None for g in range(4)):
+            assert asyncio.get_running_loop().time() < deadline, "a leader kept its group"
+            await asyncio.sleep(0.05)
         ready = await client.get("/health/ready")
         assert ready.status == 503
         body = await ready.json()
