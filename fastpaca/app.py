@@ -323,8 +323,7 @@ def _prepare_data_dir(path: Path) -> Path:
 def _resolve_node_id(settings: Settings, data_dir: Path) -> str:
     """NODE_NAME, or a random name chosen once and kept in the data dir: the
     Raft groups on disk name their voters, so the id must survive restarts."""
-    stored_file = data_dir / "node_name"
-    stored = stored_file.read_text().strip() if stored_file.exists() else None
+    stored = _kept(data_dir, "node_name")
     if settings.node_name is not None:
         if stored is not None and stored != settings.node_name:
             raise ConfigError(
@@ -335,12 +334,7 @@ def _resolve_node_id(settings: Settings, data_dir: Path) -> str:
     else:
         node_id = stored or f"fastpaca-{secrets.token_hex(4)}"
     if stored is None:
-        try:
-            stored_file.write_text(node_id + "\n")
-        except OSError as exc:
-            raise ConfigError(
-                f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
-            ) from None
+        _keep(data_dir, "node_name", node_id)
     return node_id
 
 
@@ -350,18 +344,26 @@ def _check_group_count(settings: Settings, data_dir: Path) -> None:
     restarted with a different count would look for every conversation in
     the wrong group, answer "not found" and start new histories there.
     (A data dir from before this file was kept takes the current value.)"""
-    stored_file = data_dir / "raft_groups"
-    if stored_file.exists():
-        stored = stored_file.read_text().strip()
-        if stored != str(settings.raft_groups):
-            raise ConfigError(
-                f"FASTPACA_RAFT_GROUPS={settings.raft_groups}: the data directory {data_dir} "
-                f"was created with {stored} groups and a conversation's group depends on "
-                f"it; use {stored} or a fresh FASTPACA_RAFT_DATA_DIR"
-            )
-        return
+    stored = _kept(data_dir, "raft_groups")
+    if stored is None:
+        _keep(data_dir, "raft_groups", str(settings.raft_groups))
+    elif stored != str(settings.raft_groups):
+        raise ConfigError(
+            f"FASTPACA_RAFT_GROUPS={settings.raft_groups}: the data directory {data_dir} "
+            f"was created with {stored} groups and a conversation's group depends on "
+            f"it; use {stored} or a fresh FASTPACA_RAFT_DATA_DIR"
+        )
+
+
+def _kept(data_dir: Path, name: str) -> str | None:
+    """A setting the data directory keeps (one line in file ``name``), if any."""
+    path = data_dir / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def _keep(data_dir: Path, name: str, value: str) -> None:
     try:
-        stored_file.write_text(f"{settings.raft_groups}\n")
+        (data_dir / name).write_text(value + "\n")
     except OSError as exc:
         raise ConfigError(
             f"FASTPACA_RAFT_DATA_DIR={data_dir}: not writable ({exc.strerror})"
@@ -506,15 +508,9 @@ async def serve(settings: Settings) -> None:
     # error) would otherwise stay up, look live, and refuse every request
     # until someone noticed. It shuts down as on SIGTERM instead and exits
     # 1, so systemd or Nomad restart it from what is durable.
-    failures: list[Exception] = []
-
-    def on_engine_failure(error: Exception) -> None:
-        failures.append(error)
-        stop.set()
-
-    node.driver.on_failure(on_engine_failure)
+    node.driver.on_failure(lambda _: stop.set())
     if node.driver.failure is not None:  # failed before the callback was in
-        on_engine_failure(node.driver.failure)
+        stop.set()
     await stop.wait()
     notify("STOPPING=1")
     node.readiness.mark_stopping()
@@ -532,8 +528,8 @@ async def serve(settings: Settings) -> None:
     if node.cluster is not None:  # while aiohttp still reads the peers' links
         await _stop_cluster(node.driver, node.cluster, node.pubsub)
     await runner.cleanup()
-    if failures:
-        raise NodeFailed(f"the raft engine stopped: {failures[0]!r}")
+    if node.driver.failure is not None:
+        raise NodeFailed(f"the raft engine stopped: {node.driver.failure!r}")
     _log.info("stopped", extra={"type": "server.stopped"})
 
 
