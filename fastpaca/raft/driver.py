@@ -446,6 +446,7 @@ class RaftDriver:
             in_thread = iteration.must_sync or not apply_pass
             if self._writer is not None and iteration.batch and in_thread:
                 loop = asyncio.get_running_loop()
+                iteration.seal()
                 self._write_started = loop.time()
                 try:
                     await loop.run_in_executor(self._writer, iteration.write)

@@ -9,7 +9,7 @@ beyond that ordering rule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -80,6 +80,7 @@ class Iteration:
         "_kv",
         "_late",
         "_node_id",
+        "_sealed",
         "_statuses",
         "_written",
         "batch",
@@ -113,6 +114,7 @@ class Iteration:
         self._statuses = statuses
         self.readies = readies
         self.bootstrapped = bootstrapped
+        self._sealed: Callable[[], None] | None = None
         self._written = False
         self.message_counts: dict[str, int] = {}
         """Raft messages per peer in the frames handed out so far (stats)."""
@@ -133,11 +135,19 @@ class Iteration:
     def written(self) -> bool:
         return self._written
 
+    def seal(self) -> None:
+        """Turn the batch into the store's own form now, in the caller's
+        thread (see ``KV.seal``): call it on the loop before handing
+        ``write`` to a worker thread."""
+        if self.batch and self._sealed is None:
+            self._sealed = self._kv.seal(self.batch, sync=self.must_sync)
+
     def write(self) -> None:
         """Write the batch (fsync'd when ``must_sync``). Safe to call from one
         worker thread: it touches only the KV and this iteration's batch."""
-        if self.batch:
-            self._kv.write(self.batch, sync=self.must_sync)
+        self.seal()
+        if self._sealed is not None:
+            self._sealed()
         self._written = True
 
     def take_early_frames(self) -> dict[str, bytes]:

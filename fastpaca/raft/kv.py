@@ -15,7 +15,8 @@ machine applies several entries in one iteration that touch the same keys.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Protocol
 
 import plyvel
@@ -40,6 +41,17 @@ class KVView(Protocol):
 class KV(KVView, Protocol):
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         """Apply ``batch`` atomically; with ``sync`` it is durable on return."""
+        ...
+
+    def seal(self, batch: WriteBatch, *, sync: bool) -> Callable[[], None]:
+        """``batch`` turned into the store's own form, on the calling thread;
+        calling the result does the write (``write`` is both in one).
+
+        For a write done in another thread: building LevelDB's batch takes
+        the GIL once per key (plyvel releases it around each put), and a
+        worker thread contending with a busy event loop waits for the GIL
+        at every one of those handoffs. Sealed on the loop, the worker holds
+        the GIL only to start and to return."""
         ...
 
     def snapshot(self) -> KVView:
@@ -128,12 +140,18 @@ class LevelDBKV:
         return _plyvel_range(self._db, start, stop, reverse)
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
-        with self._db.write_batch(sync=sync) as wb:
-            for key, value in batch.items():
-                if value is None:
-                    wb.delete(key)
-                else:
-                    wb.put(key, value)
+        self.seal(batch, sync=sync)()
+
+    def seal(self, batch: WriteBatch, *, sync: bool) -> Callable[[], None]:
+        wb = self._db.write_batch(sync=sync)
+        put, delete = wb.put, wb.delete
+        for key, value in batch.items():
+            if value is None:
+                delete(key)
+            else:
+                put(key, value)
+        write: Callable[[], None] = wb.write
+        return write
 
     def snapshot(self) -> KVView:
         return _LevelDBSnapshot(self._db.snapshot())
@@ -198,6 +216,9 @@ class MemoryKV:
             keys.reverse()
         data = self._data
         return iter([(k, data[k]) for k in keys])
+
+    def seal(self, batch: WriteBatch, *, sync: bool) -> Callable[[], None]:
+        return partial(self.write, batch, sync=sync)
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         for key, value in batch.items():

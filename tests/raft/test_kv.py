@@ -5,6 +5,7 @@ snapshot, with deletes in between so LevelDB skips tombstones too."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -71,3 +72,27 @@ def test_leveldb_ranges_match_a_sorted_dict(
                 assert _ranges(snapshot, start, stop) == expected
         finally:
             kv.close()
+
+
+def test_a_sealed_write_lands_only_when_called_and_from_another_thread(tmp_path: Path) -> None:
+    """The driver seals a batch on the loop and writes it in its writer
+    thread: nothing lands before the call, puts and deletes land together."""
+    kv = LevelDBKV(str(tmp_path / "db"))
+    try:
+        first = WriteBatch(kv)
+        first.put(b"gone", b"1")
+        kv.write(first, sync=False)
+        batch = WriteBatch(kv)
+        batch.put(b"a", b"x")
+        batch.put(b"b", b"y")
+        batch.delete(b"gone")
+        write = kv.seal(batch, sync=True)
+        assert kv.get(b"a") is None
+        assert kv.get(b"gone") == b"1"
+        worker = threading.Thread(target=write)
+        worker.start()
+        worker.join()
+        assert [key for key, _ in kv.iterate(b"", b"\xff")] == [b"a", b"b"]
+        assert kv.get(b"b") == b"y"
+    finally:
+        kv.close()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 from fastpaca.raft.kv import KV, KVView, LevelDBKV, MemoryKV, WriteBatch
 
@@ -73,6 +74,9 @@ class SimDisk:
     ) -> Iterator[tuple[bytes, bytes]]:
         # Materialise: callers may write while iterating a range they read.
         return iter(list(self._overlay.iterate(start, stop, reverse=reverse)))
+
+    def seal(self, batch: WriteBatch, *, sync: bool) -> Callable[[], None]:
+        return partial(self.write, batch, sync=sync)
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         if self.write_fault_rate and self._rng.random() < self.write_fault_rate:
