@@ -24,9 +24,7 @@ no Raft logic and no encoding.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +155,6 @@ class RaftDriver:
             self._writer = ThreadPoolExecutor(
                 1,
                 thread_name_prefix=f"raft-write-{self._node_id}",
-                initializer=_no_wakeup_preemption,
             )
         self._runner = asyncio.create_task(self._supervise(), name=f"raft-{self._node_id}")
         self._deadlines = asyncio.create_task(
@@ -619,22 +616,3 @@ class RaftDriver:
             await self.transfer_leadership(group_id, target, timeout_s=timeout_s)
         except (ProposalTimeout, NotLeader, ProposalDropped, Unavailable) as exc:
             _log.info("raft group %d: leadership not handed to %s: %s", group_id, target, exc)
-
-
-def _no_wakeup_preemption() -> None:
-    """Run the calling (writer) thread as SCHED_BATCH, where Linux has it.
-
-    Each iteration hands its write to the writer thread while the loop thread
-    holds the GIL. Waking a normal thread lets the kernel preempt the waker
-    on the spot, and the loop thread, switched out with the GIL held, stalls
-    the whole node until it runs again: py-spy showed 13-16% of the GIL-held
-    time of a busy 3-node cluster inside ``ThreadPoolExecutor.submit``. A
-    batch thread never preempts on wake-up; it still gets its fair share of
-    CPU, and its write waits on the GIL or the disk anyway. Measured on a
-    3-node loopback cluster (6 alternating runs): +2-17% appends/s in all
-    six, CPU per append 2-9% lower in five."""
-    policy = getattr(os, "SCHED_BATCH", None)
-    if policy is None:  # not Linux: nothing to tune
-        return
-    with contextlib.suppress(OSError):
-        os.sched_setscheduler(0, policy, os.sched_param(0))

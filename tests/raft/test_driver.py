@@ -4,7 +4,6 @@ in-memory transport in one event loop, small ticks so elections take ~100 ms."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -194,17 +193,17 @@ async def test_lone_voter_reads_at_once_except_while_its_apply_is_being_written(
     await driver.stop()
 
 
-class _PolicyKV(MemoryKV):
-    """Records the scheduling policy of the thread each fsync'd write runs in
-    (an apply pass's unsynced write runs inline, in the loop's thread)."""
+class _ThreadRecordingKV(MemoryKV):
+    """Records the thread each fsync'd write runs in (an apply pass's
+    unsynced write runs inline, in the loop's thread)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.policies: set[int] = set()
+        self.sync_threads: set[int] = set()
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         if sync:
-            self.policies.add(os.sched_getscheduler(0))
+            self.sync_threads.add(threading.get_ident())
         super().write(batch, sync=sync)
 
 
@@ -221,14 +220,18 @@ async def lone_leader(kv: KV) -> RaftDriver:
     return driver
 
 
-async def test_writes_run_in_a_batch_scheduled_thread() -> None:
-    kv = _PolicyKV()
+async def test_fsyncd_writes_run_in_the_writer_thread_not_the_loop() -> None:
+    """The batch is sealed on the loop (``Iteration.seal``) and written, with
+    its fsync, in the writer thread, so the loop keeps serving meanwhile."""
+    kv = _ThreadRecordingKV()
     driver = await lone_leader(kv)
     try:
-        await driver.propose(1, put_command(b"k", b"v"), timeout_s=2)
+        for n in range(3):
+            await driver.propose(1, put_command(b"k", b"v%d" % n), timeout_s=2)
     finally:
         await driver.stop()
-    assert kv.policies == {os.SCHED_BATCH}
+    assert len(kv.sync_threads) == 1
+    assert threading.get_ident() not in kv.sync_threads
 
 
 async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> None:
