@@ -4,8 +4,9 @@ One task runs the loop: wake on the tick timer or on new work (proposals,
 inbound frames), hand queued work to the synchronous ``NodeHost``, then
 ``prepare`` → write the batch (sealed into LevelDB's own batch on the loop,
 then written and fsync'd when needed in one dedicated writer thread, so the
-loop keeps accepting proposals meanwhile: that is the group commit) → send one frame per peer → ``finish`` → ``on_written`` (the state
-machine's effects) → resolve futures. When that write committed entries by
+loop keeps accepting proposals meanwhile: that is the group commit) → send
+one frame per peer → ``finish`` → ``on_written`` (the state machine's
+effects) → resolve futures. When that write committed entries by
 itself (a leader whose own copy completed the quorum after its followers'),
 an apply pass follows at once, with no new input: the same steps, usually
 with an unsynced write, so those results are released after one fsync
