@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from fastpaca.pubsub.stats import PubSubStats
-from fastpaca.raft.stats import RaftStats
+from fastpaca.raft.stats import LatencyHistogram, RaftStats
 from fastpaca.store.messages import PreparedMessage
 
 if TYPE_CHECKING:  # the cluster package imports the app's pieces; avoid a cycle
@@ -283,14 +283,25 @@ class _RaftCollector(_ScrapeTimeCollector):
             "fastpaca_raft_snapshots_installed", "Snapshots this node installed.",
             value=stats.snapshots_installed,
         )  # fmt: skip
-        yield _latency_family(stats)
+        yield _latency_family(
+            "fastpaca_raft_commit_latency_seconds",
+            "Time from propose to apply of this node's proposals.",
+            stats.commit_latency,
+        )
+        yield _latency_family(
+            "fastpaca_raft_synced_write_seconds",
+            "Time of each fsync'd LevelDB batch write, from the hand-off to the writer thread "
+            "to the loop seeing it done: the disk's share of a write's latency.",
+            stats.synced_write_latency,
+        )
 
 
-def _latency_family(stats: RaftStats) -> HistogramMetricFamily:
-    histogram = stats.commit_latency
+def _latency_family(
+    name: str, help_text: str, histogram: LatencyHistogram
+) -> HistogramMetricFamily:
     return HistogramMetricFamily(
-        "fastpaca_raft_commit_latency_seconds",
-        "Time from propose to apply of this node's proposals.",
+        name,
+        help_text,
         buckets=_cumulative(histogram.bounds_s, histogram.counts),
         sum_value=histogram.total_s,
     )

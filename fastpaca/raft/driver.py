@@ -445,11 +445,13 @@ class RaftDriver:
             if self._writer is not None and iteration.batch and in_thread:
                 loop = asyncio.get_running_loop()
                 iteration.seal()
-                self._write_started = loop.time()
+                self._write_started = started = loop.time()
                 try:
                     await loop.run_in_executor(self._writer, iteration.write)
                 finally:
                     self._write_started = None
+                if iteration.must_sync:
+                    self.stats.synced_write_latency.observe(loop.time() - started)
             else:
                 iteration.write()
         except BaseException:

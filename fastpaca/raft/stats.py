@@ -98,3 +98,6 @@ class RaftStats:
     send_failures: Counter[str] = field(default_factory=Counter)
     commit_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     """Proposal accepted by the leader → applied there (seconds)."""
+    synced_write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    """An fsync'd batch write, handed to the writer thread → back on the
+    loop (seconds): the disk's share of every write's latency."""

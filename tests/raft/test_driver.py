@@ -232,6 +232,8 @@ async def test_fsyncd_writes_run_in_the_writer_thread_not_the_loop() -> None:
         await driver.stop()
     assert len(kv.sync_threads) == 1
     assert threading.get_ident() not in kv.sync_threads
+    # Each of them timed for the write-time histogram (/metrics).
+    assert driver.stats.synced_write_latency.samples == driver.stats.synced_writes >= 3
 
 
 async def test_three_nodes_replicate_concurrent_proposals(cluster: Cluster) -> None:
@@ -476,6 +478,8 @@ async def test_a_write_stuck_in_the_disk_still_lets_callers_time_out() -> None:
         kv.stalled.set()  # the disk answers again
         await wait_for(lambda: driver.write_running_s() == 0.0)
         assert storage_not_stalled(driver, limit_s=0.1)().is_ready
+        # The stalled write shows in the write-time histogram (/metrics).
+        assert driver.stats.synced_write_latency.quantile(1.0) >= 0.25
     finally:
         kv.stalled.set()  # the loop and stop go on
         await driver.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ async def test_metrics_expose_design_series(client: TestClient) -> None:
     assert "fastpaca_raft_leaders 4.0" in text
     assert "fastpaca_raft_groups_hosted 4.0" in text
     assert "fastpaca_raft_commit_latency_seconds_count" in text
+    synced_writes = re.search(r"^fastpaca_raft_synced_write_seconds_count (\S+)$", text, re.M)
+    assert synced_writes is not None and float(synced_writes.group(1)) >= 1
     assert 'fastpaca_raft_proposals_dropped_total{reason="refused"}' in text
     assert "fastpaca_raft_term_changes_total" in text
     for archive_series in (
