@@ -72,6 +72,12 @@ def staging_key(group_id: int, seq: int) -> bytes:
     return group_prefix(group_id) + b"x" + _U32.pack(seq)
 
 
+def _stored_conf_state(kv: KVView, group_id: int) -> ConfState:
+    """The group's last applied membership as stored (empty if none)."""
+    raw = kv.get(group_prefix(group_id) + b"c")
+    return decode_conf_state(group_id, raw) if raw else ConfState()
+
+
 def _entry_key(prefix: bytes, index: int) -> bytes:
     return prefix + b"e" + _U64.pack(index)
 
@@ -139,13 +145,9 @@ class LevelDBStorage:
         crash); an absent group yields an empty log. Checks that the log starts
         right after the snapshot and that its newest entries verify."""
         prefix = group_prefix(group_id)
-        raw_hs, raw_cs, raw_snap = (
-            kv.get(prefix + b"h"),
-            kv.get(prefix + b"c"),
-            kv.get(prefix + b"s"),
-        )
+        raw_hs, raw_snap = kv.get(prefix + b"h"), kv.get(prefix + b"s")
         hs = decode_hard_state(group_id, raw_hs) if raw_hs else HardState()
-        cs = decode_conf_state(group_id, raw_cs) if raw_cs else ConfState()
+        cs = _stored_conf_state(kv, group_id)
         snap = decode_snapshot_meta(group_id, raw_snap) if raw_snap else SnapshotMeta()
         first = snap.index + 1
         last = snap.index
@@ -192,10 +194,8 @@ class LevelDBStorage:
         """Every node named as a voter or learner by a group stored in ``kv``."""
         members: set[str] = set()
         for group_id in LevelDBStorage.list_groups(kv):
-            raw = kv.get(group_prefix(group_id) + b"c")
-            if raw:
-                conf = decode_conf_state(group_id, raw)
-                members.update(conf.voters, conf.learners)
+            conf = _stored_conf_state(kv, group_id)
+            members.update(conf.voters, conf.learners)
         return members
 
     @property
