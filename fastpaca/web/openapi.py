@@ -16,6 +16,9 @@ from fastpaca.web.schemas import (
     CONVERSATION_ID_BYTES_MAX,
     IDEMPOTENCY_KEY_BYTES_MAX,
     PAGE_LIMIT_MAX,
+    SEQ_MAX,
+    TOKEN_COUNT_MAX,
+    VERSION_MAX,
 )
 
 __all__ = ["openapi_document", "openapi_json"]
@@ -132,7 +135,10 @@ def _paths() -> dict[str, Any]:
             },
             "get": {
                 "summary": "Replay: messages with seq >= from, ascending",
-                "parameters": [_query("from", 0, 0), _query("limit", 100, 1, PAGE_LIMIT_MAX)],
+                "parameters": [
+                    _query("from", 0, 0, SEQ_MAX),
+                    _query("limit", 100, 1, PAGE_LIMIT_MAX),
+                ],
                 "responses": {
                     "200": _reply("A page", "MessagePage"),
                     **_errors(400, 404, 429, *common),
@@ -143,7 +149,10 @@ def _paths() -> dict[str, Any]:
             "parameters": [_ID_PARAM],
             "get": {
                 "summary": "Newest-first paging, each page in chronological order",
-                "parameters": [_query("limit", 100, 1, PAGE_LIMIT_MAX), _query("offset", 0, 0)],
+                "parameters": [
+                    _query("limit", 100, 1, PAGE_LIMIT_MAX),
+                    _query("offset", 0, 0, SEQ_MAX),
+                ],
                 "responses": {
                     "200": _reply("A page", "MessagePage"),
                     **_errors(400, 404, 429, *common),
@@ -250,6 +259,7 @@ def _schemas() -> dict[str, Any]:
                 "token_count": {
                     "type": "integer",
                     "minimum": 0,
+                    "maximum": TOKEN_COUNT_MAX,
                     "description": "Estimated (UTF-8 bytes of text parts / 4) when omitted",
                 },
             },
@@ -265,8 +275,14 @@ def _schemas() -> dict[str, Any]:
                     "maxItems": BATCH_MESSAGES_MAX,
                     "items": _ref("NewMessage"),
                 },
-                "if_version": {"type": "integer", "minimum": 0},
-                "idempotency_key": {"type": "string", "maxLength": IDEMPOTENCY_KEY_BYTES_MAX},
+                "if_version": {"type": "integer", "minimum": 0, "maximum": VERSION_MAX},
+                "idempotency_key": {
+                    "type": "string",
+                    "maxLength": IDEMPOTENCY_KEY_BYTES_MAX,
+                    "description": f"At most {IDEMPOTENCY_KEY_BYTES_MAX} bytes of UTF-8. Also "
+                    "accepted as the Idempotency-Key header; given both ways, they must be "
+                    "equal (else 400 invalid_message)",
+                },
             },
             "oneOf": [{"required": ["message"]}, {"required": ["messages"]}],
         },

@@ -19,6 +19,7 @@ from fastpaca.store.service import ConversationService
 from fastpaca.store.state import ConversationState, format_timestamp
 from fastpaca.web.schemas import (
     PAGE_LIMIT_MAX,
+    SEQ_MAX,
     parse_append,
     parse_conversation_id,
     parse_query_int,
@@ -47,7 +48,6 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 READINESS_KEY = web.AppKey("readiness", Readiness)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
 
-_SEQ_MAX = 2**63 - 1
 _PATH_ID_INDEX = 3  # "", "v1", "conversations", "{id}", ...
 
 
@@ -142,14 +142,14 @@ async def append_messages(request: web.Request) -> web.Response:
 async def tail_messages(request: web.Request) -> web.Response:
     conversation_id = _conversation_id(request)
     limit = parse_query_int(request.query, "limit", default=100, lo=1, hi=PAGE_LIMIT_MAX)
-    offset = parse_query_int(request.query, "offset", default=0, lo=0, hi=_SEQ_MAX)
+    offset = parse_query_int(request.query, "offset", default=0, lo=0, hi=SEQ_MAX)
     messages = await request.app[RUNTIME_KEY].tail(conversation_id, limit=limit, offset=offset)
     return _json(_messages_body(messages))
 
 
 async def replay_messages(request: web.Request) -> web.Response:
     conversation_id = _conversation_id(request)
-    from_seq = parse_query_int(request.query, "from", default=0, lo=0, hi=_SEQ_MAX)
+    from_seq = parse_query_int(request.query, "from", default=0, lo=0, hi=SEQ_MAX)
     limit = parse_query_int(request.query, "limit", default=100, lo=1, hi=PAGE_LIMIT_MAX)
     messages = await request.app[RUNTIME_KEY].replay(
         conversation_id, from_seq=from_seq, limit=limit

@@ -38,6 +38,8 @@ BATCH_MESSAGES_MAX = 1000
 PAGE_LIMIT_MAX = 1000
 TOKEN_COUNT_MAX = 2**32 - 1
 VERSION_MAX = 2**63 - 1
+SEQ_MAX = 2**63 - 1
+"""The largest ``from`` and ``offset`` a read accepts (a signed 64-bit integer)."""
 
 # Printable ASCII but '%' (an escape) and '/': such a segment is its own
 # decoding and breaks no rule, so most ids skip the general check.

@@ -85,7 +85,7 @@ from fastpaca.store.service import ConversationService
 from fastpaca.web.errors import error_response
 from fastpaca.web.phoenix import Frame, FrameError, Ref, Serializer, serializer_for
 from fastpaca.web.rest import RUNTIME_KEY
-from fastpaca.web.schemas import CONVERSATION_ID_BYTES_MAX
+from fastpaca.web.schemas import CONVERSATION_ID_BYTES_MAX, SEQ_MAX
 
 __all__ = [
     "STREAMS_KEY",
@@ -100,7 +100,6 @@ _log = logging.getLogger(__name__)
 
 STREAM_PATH = "/socket/websocket"
 TOPIC_PREFIX = "conversation:"
-_SEQ_MAX = 2**63 - 1
 _OK_EMPTY = b"{}"
 
 
@@ -488,7 +487,7 @@ def parse_join_params(params: dict[str, Any]) -> int | None:
     from_seq = params.get("from_seq")
     if from_seq is None:
         return None
-    if isinstance(from_seq, bool) or not isinstance(from_seq, int) or not 0 <= from_seq <= _SEQ_MAX:
+    if isinstance(from_seq, bool) or not isinstance(from_seq, int) or not 0 <= from_seq <= SEQ_MAX:
         raise _JoinRefused("invalid_params", "from_seq must be an integer >= 0")
     return from_seq
 

@@ -88,3 +88,57 @@ def test_the_id_pattern_is_the_rule_the_server_applies() -> None:
         if "{id}" in path:
             (parameter,) = item["parameters"]
             assert parameter["schema"]["pattern"] == CONVERSATION_ID_PATTERN, path
+
+
+async def test_every_documented_integer_bound_is_the_one_the_server_enforces(
+    client: TestClient,
+) -> None:
+    """For each integer the document bounds (query parameters and append
+    fields), the documented maximum is accepted and one more is a 400 naming
+    the problem, so a client generated from the document never sends a value
+    the server turns down."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    base = "/v1/conversations/bounds"
+    assert (await client.put(base, json={})).status == 201
+
+    query_bounds = {
+        (parameter["name"], path): parameter["schema"]
+        for path, item in document["paths"].items()
+        for op in item.values()
+        if isinstance(op, dict)
+        for parameter in op.get("parameters", [])
+        if parameter["in"] == "query"
+    }
+    assert {name for name, _ in query_bounds} == {"from", "limit", "offset"}
+    for (name, path), schema in query_bounds.items():
+        url = path.replace("{id}", "bounds")
+        top = schema["maximum"]
+        ok = await client.get(url, params={name: str(top)})
+        assert ok.status == 200, (name, await ok.text())
+        over = await client.get(url, params={name: str(top + 1)})
+        assert over.status == 400, name
+        assert (await over.json())["error"] == "invalid_query"
+
+    message = schemas["NewMessage"]["properties"]
+    append = schemas["AppendRequest"]["properties"]
+    text = {"role": "user", "parts": [{"type": "text", "text": "hi"}]}
+    top_tokens = message["token_count"]["maximum"]
+    ok = await client.post(
+        f"{base}/messages", json={"message": {**text, "token_count": top_tokens}}
+    )
+    assert ok.status == 201, await ok.text()
+    over = await client.post(
+        f"{base}/messages", json={"message": {**text, "token_count": top_tokens + 1}}
+    )
+    assert over.status == 400 and (await over.json())["error"] == "invalid_message"
+
+    top_version = append["if_version"]["maximum"]
+    guarded = await client.post(
+        f"{base}/messages", json={"message": text, "if_version": top_version}
+    )
+    assert guarded.status == 409, await guarded.text()  # valid, just not the current version
+    over = await client.post(
+        f"{base}/messages", json={"message": text, "if_version": top_version + 1}
+    )
+    assert over.status == 400 and (await over.json())["error"] == "invalid_message"
