@@ -160,8 +160,9 @@ def _parse_message(raw: object, where: str) -> NewMessage:
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValidationError("invalid_message", f"{where}.metadata must be a JSON object")
-    token_count = raw.get("token_count")
-    if token_count is not None and not _is_int_in(token_count, 0, TOKEN_COUNT_MAX):
+    raw_tokens = raw.get("token_count")
+    token_count = None if raw_tokens is None else _int_in(raw_tokens, 0, TOKEN_COUNT_MAX)
+    if raw_tokens is not None and token_count is None:
         raise ValidationError(
             "invalid_message", f"{where}.token_count must be an integer from 0 to {TOKEN_COUNT_MAX}"
         )
@@ -171,10 +172,10 @@ def _parse_message(raw: object, where: str) -> NewMessage:
 def _parse_if_version(raw: object) -> int | None:
     if raw is None:
         return None
-    if not _is_int_in(raw, 0, VERSION_MAX):
+    version = _int_in(raw, 0, VERSION_MAX)
+    if version is None:
         raise ValidationError("invalid_message", "if_version must be an integer >= 0")
-    assert isinstance(raw, int)
-    return raw
+    return version
 
 
 def _parse_idempotency_key(raw: object, header_key: str | None) -> str | None:
@@ -193,8 +194,20 @@ def _parse_idempotency_key(raw: object, header_key: str | None) -> str | None:
     return key
 
 
-def _is_int_in(value: object, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+_EXACT_FLOAT_MAX = 2**53
+"""Every integer up to this is exactly one float, and no other float rounds to it."""
+
+
+def _int_in(value: object, lo: int, hi: int) -> int | None:
+    """``value`` as an integer within ``[lo, hi]``, else None. JSON has only
+    numbers, and JSON Schema (so the OpenAPI document) counts ``128.0`` as
+    the integer 128: a float with no fraction is taken as that integer, up
+    to 2^53, past which a float no longer names one integer exactly."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_MAX:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+        return value
+    return None
 
 
 def parse_query_int(query: Mapping[str, str], name: str, *, default: int, lo: int, hi: int) -> int:

@@ -175,6 +175,9 @@ async def test_append_to_unknown_is_404(client: TestClient) -> None:
         (orjson.dumps({"message": msg("a", colour="red")}), "invalid_message"),
         (orjson.dumps({"message": msg("a"), "if_version": "1"}), "invalid_message"),
         (orjson.dumps({"message": msg("a"), "if_version": -1}), "invalid_message"),
+        (orjson.dumps({"message": msg("a"), "if_version": 0.5}), "invalid_message"),
+        # Past 2^53 a float names no single integer: a guard must not round.
+        (orjson.dumps({"message": msg("a"), "if_version": 2.0**53 + 2}), "invalid_message"),
         (orjson.dumps({"message": msg("a"), "idempotency_key": 7}), "invalid_message"),
         (orjson.dumps({"message": msg("a"), "idempotency_key": ""}), "invalid_message"),
         (orjson.dumps({"message": msg("a"), "idempotency_key": "k" * 129}), "invalid_message"),
@@ -188,6 +191,24 @@ async def test_bad_append_bodies_are_400_naming_the_problem(
     assert response.status == 400
     reply = await response.json()
     assert reply["error"] == code and reply["message"]
+
+
+async def test_integral_floats_are_the_integers_json_schema_says_they_are(
+    conv: TestClient,
+) -> None:
+    """JSON has only numbers, and the OpenAPI document's ``integer`` (JSON
+    Schema) admits ``3.0``: a client that computed a count in floating point
+    is not refused, and what is stored and answered is the integer."""
+    first = await conv.post(URL, json={"message": msg("a", token_count=3.0)})
+    assert first.status == 201
+    assert await first.read() == b'{"seq":1,"version":1,"token_count":3}'
+    guarded = await conv.post(URL, json={"message": msg("b"), "if_version": 1.0})
+    assert guarded.status == 201 and (await guarded.json())["version"] == 2
+    stale = await conv.post(URL, json={"message": msg("c"), "if_version": 1.0})
+    assert stale.status == 409
+    stored = await (await conv.get("/v1/conversations/c1/messages?from=1")).read()
+    assert orjson.loads(stored)["messages"][0]["token_count"] == 3
+    assert b"3.0" not in stored  # stored as the integer, not the float
 
 
 async def test_key_of_128_bytes_is_accepted(conv: TestClient) -> None:
