@@ -25,7 +25,11 @@ __all__ = [
     "CONVERSATION_ID_BYTES_MAX",
     "IDEMPOTENCY_KEY_BYTES_MAX",
     "PAGE_LIMIT_MAX",
+    "SEQ_MAX",
+    "TOKEN_COUNT_MAX",
+    "VERSION_MAX",
     "AppendRequest",
+    "json_int_in",
     "parse_append",
     "parse_conversation_id",
     "parse_query_int",
@@ -161,7 +165,7 @@ def _parse_message(raw: object, where: str) -> NewMessage:
     if not isinstance(metadata, dict):
         raise ValidationError("invalid_message", f"{where}.metadata must be a JSON object")
     raw_tokens = raw.get("token_count")
-    token_count = None if raw_tokens is None else _int_in(raw_tokens, 0, TOKEN_COUNT_MAX)
+    token_count = None if raw_tokens is None else json_int_in(raw_tokens, 0, TOKEN_COUNT_MAX)
     if raw_tokens is not None and token_count is None:
         raise ValidationError(
             "invalid_message", f"{where}.token_count must be an integer from 0 to {TOKEN_COUNT_MAX}"
@@ -172,7 +176,7 @@ def _parse_message(raw: object, where: str) -> NewMessage:
 def _parse_if_version(raw: object) -> int | None:
     if raw is None:
         return None
-    version = _int_in(raw, 0, VERSION_MAX)
+    version = json_int_in(raw, 0, VERSION_MAX)
     if version is None:
         raise ValidationError("invalid_message", "if_version must be an integer >= 0")
     return version
@@ -198,7 +202,7 @@ _EXACT_FLOAT_MAX = 2**53
 """Every integer up to this is exactly one float, and no other float rounds to it."""
 
 
-def _int_in(value: object, lo: int, hi: int) -> int | None:
+def json_int_in(value: object, lo: int, hi: int) -> int | None:
     """``value`` as an integer within ``[lo, hi]``, else None. JSON has only
     numbers, and JSON Schema (so the OpenAPI document) counts ``128.0`` as
     the integer 128: a float with no fraction is taken as that integer, up

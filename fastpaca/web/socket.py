@@ -85,7 +85,7 @@ from fastpaca.store.service import ConversationService
 from fastpaca.web.errors import error_response
 from fastpaca.web.phoenix import Frame, FrameError, Ref, Serializer, serializer_for
 from fastpaca.web.rest import RUNTIME_KEY
-from fastpaca.web.schemas import CONVERSATION_ID_BYTES_MAX, SEQ_MAX
+from fastpaca.web.schemas import CONVERSATION_ID_BYTES_MAX, SEQ_MAX, json_int_in
 
 __all__ = [
     "STREAMS_KEY",
@@ -484,10 +484,11 @@ def parse_join_params(params: dict[str, Any]) -> int | None:
     unknown = sorted(set(params) - {"from_seq"})
     if unknown:
         raise _JoinRefused("invalid_params", f"unknown join params {unknown}; expected from_seq")
-    from_seq = params.get("from_seq")
-    if from_seq is None:
+    raw = params.get("from_seq")
+    if raw is None:
         return None
-    if isinstance(from_seq, bool) or not isinstance(from_seq, int) or not 0 <= from_seq <= SEQ_MAX:
+    from_seq = json_int_in(raw, 0, SEQ_MAX)  # 5.0 is 5, as over HTTP
+    if from_seq is None:
         raise _JoinRefused("invalid_params", "from_seq must be an integer >= 0")
     return from_seq
 

@@ -206,6 +206,18 @@ async def test_from_seq_replays_then_continues_live(node: TestClient, connect: C
     assert (live.payload["seq"], live.payload["version"]) == (6, 2)
 
 
+async def test_from_seq_as_an_integral_float_is_that_seq(
+    node: TestClient, connect: Connect
+) -> None:
+    """JSON has only numbers: ``3.0`` is the integer 3 here as over HTTP."""
+    await create(node)
+    await append_batch(node, 4)
+    client: PhoenixClient = await connect()
+    _, reply = await client.join(TOPIC, {"from_seq": 3.0})
+    assert reply.payload["status"] == "ok"
+    assert seqs(await client.pushes(2)) == [3, 4]
+
+
 async def test_from_seq_with_appends_during_every_replay_page(
     node: TestClient, connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
