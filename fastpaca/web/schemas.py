@@ -43,7 +43,7 @@ PAGE_LIMIT_MAX = 1000
 TOKEN_COUNT_MAX = 2**32 - 1
 VERSION_MAX = 2**63 - 1
 SEQ_MAX = 2**63 - 1
-"""The largest ``from`` and ``offset`` a read accepts (a signed 64-bit integer)."""
+"""The largest ``from``, ``offset`` and stream ``from_seq`` a read accepts (signed 64-bit)."""
 
 # Printable ASCII but '%' (an escape) and '/': such a segment is its own
 # decoding and breaks no rule, so most ids skip the general check.
@@ -164,12 +164,14 @@ def _parse_message(raw: object, where: str) -> NewMessage:
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValidationError("invalid_message", f"{where}.metadata must be a JSON object")
-    raw_tokens = raw.get("token_count")
-    token_count = None if raw_tokens is None else json_int_in(raw_tokens, 0, TOKEN_COUNT_MAX)
-    if raw_tokens is not None and token_count is None:
-        raise ValidationError(
-            "invalid_message", f"{where}.token_count must be an integer from 0 to {TOKEN_COUNT_MAX}"
-        )
+    token_count = raw.get("token_count")
+    if token_count is not None:
+        token_count = json_int_in(token_count, 0, TOKEN_COUNT_MAX)
+        if token_count is None:
+            raise ValidationError(
+                "invalid_message",
+                f"{where}.token_count must be an integer from 0 to {TOKEN_COUNT_MAX}",
+            )
     return NewMessage(role=role, parts=parts, metadata=metadata, token_count=token_count)
 
 
