@@ -102,7 +102,7 @@ class Gossip:
         while True:
             await asyncio.sleep(self._check_s)
             # Not is_leader per group: this runs 20 times a second, and a
-            # pass over 256 groups was 1-2% of a loaded node's CPU.
+            # pass over 256 groups was 1-2% of a loaded node's samples in py-spy.
             shape = (self._driver.group_ids(), self._driver.led_group_ids())
             now = self._clock_s()
             if shape != last_shape or now - last_sent >= self._interval_s:

@@ -450,8 +450,8 @@ class RaftDriver:
             # pass, a follower's commit-only iteration) ends in LevelDB's
             # memtable and the page cache: the thread hop, with its wake-ups
             # and GIL hand-overs, costs more than the loop would do meanwhile
-            # (4-6% less CPU per append on a loaded 3-node cluster, A/B on
-            # machine K). The price: when LevelDB stalls a write (a memtable
+            # (A/B of loaded 3-node clusters on machine K: ahead in 12 of 16
+            # pairs, by less than the machine's drift). The price: when LevelDB stalls a write (a memtable
             # switch: tens of ms seen), an unsynced one holds the whole loop
             # that long, where a synced one holds only the iteration.
             if self._writer is not None and iteration.batch and iteration.must_sync:
