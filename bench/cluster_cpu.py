@@ -44,6 +44,13 @@ COUNTERS = {
     "payloads out": "fastpaca_cluster_transport_messages_sent_total",
     "frames out": "fastpaca_cluster_transport_frames_sent_total",
 }
+# Sums and counts of two histograms, printed as means: how much of the
+# client's latency is the leader's propose → apply, and how much of that
+# the fsync'd writes (hand-off to the writer thread and back).
+TIMERS = {
+    "commit": "fastpaca_raft_commit_latency_seconds",
+    "synced write": "fastpaca_raft_synced_write_seconds",
+}
 
 
 def cpu_s(pid: int, tid: int | None = None) -> float:
@@ -54,8 +61,12 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 
 async def counters(cluster: LocalCluster) -> list[dict[str, float]]:
     async with aiohttp.ClientSession() as session:
+        series = {**COUNTERS}
+        for name, family in TIMERS.items():
+            series[f"{name} sum"] = f"{family}_sum"
+            series[f"{name} count"] = f"{family}_count"
         return [
-            {name: await metric(session, node.url, series) for name, series in COUNTERS.items()}
+            {name: await metric(session, node.url, family) for name, family in series.items()}
             for node in cluster.nodes
         ]
 
@@ -129,10 +140,15 @@ def measure(cluster: LocalCluster, mode: str, ids_file: Path, seconds: int) -> N
             name: (after_counters[i][name] - before_counters[i][name]) / appends
             for name in COUNTERS
         }
+        delta = {name: after_counters[i][name] - before_counters[i][name]
+                 for name in after_counters[i]}  # fmt: skip
+        means = [f"{name} {delta[f'{name} sum'] / delta[f'{name} count'] * 1e3:.1f} ms"
+                 for name in TIMERS if delta[f"{name} count"]]  # fmt: skip
         print(f"  {node.name}: {total / appends * 1e6:4.0f} us CPU/append;"
               f" event loop {loop / duration:4.0%} of a core, other threads"
               f" {(total - loop) / duration:4.0%}; per append: "
-              + ", ".join(f"{name} {value:.2f}" for name, value in per_append.items()),
+              + ", ".join(f"{name} {value:.2f}" for name, value in per_append.items())
+              + ("; mean " + ", ".join(means) if means else ""),
               flush=True)  # fmt: skip
 
 
