@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,6 +50,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.cluster_cpu import cpu_s  # noqa: E402
 from bench.http_bench import (  # noqa: E402
     await_ready,
     create_conversations,
@@ -145,9 +147,43 @@ async def failover_window(cluster: LocalCluster, *, writers: int) -> tuple[float
     return window, failures, victim.name
 
 
+def with_cpu(pids: list[int], measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``measure()``'s result plus the CPU (user + system, every thread of
+    ``pids``, from /proc) it cost per append and in cores while it ran."""
+    before = sum(cpu_s(pid) for pid in pids)
+    result = measure()
+    used = sum(cpu_s(pid) for pid in pids) - before
+    result["cpu_us_per_append"] = used / result["appends"] * 1e6
+    result["cores"] = used / result["duration_s"]
+    return result
+
+
 def _signal_all(pids: list[int], signum: int) -> None:
     for pid in pids:
         os.kill(pid, signum)
+
+
+def print_cpu_budget(runs: dict[str, list[dict[str, float]]]) -> None:
+    """CPU per append of each setup (medians over the rounds), and how many
+    cores the cluster would need to run at half the single node's rate with
+    its CPU per append: more than the machine has means the throughput
+    target cannot be met by scheduling alone."""
+    cpu = {name: statistics.median(r["cpu_us_per_append"] for r in results)
+           for name, results in runs.items()}  # fmt: skip
+    cores = {name: statistics.median(r["cores"] for r in results)
+             for name, results in runs.items()}  # fmt: skip
+    single_rate = statistics.median(r["appends_per_s"] for r in runs["single"])
+    for name, label in (("single", "single node"), ("one", "3 nodes, via one"),
+                        ("spread", "3 nodes, via all 3")):  # fmt: skip
+        print(f"CPU per append, {label:18s}: {cpu[name]:5.0f} us"
+              f" ({cores[name]:.2f} cores busy)")  # fmt: skip
+    for name, label in (("one", "via one"), ("spread", "via all 3")):
+        needed = 0.5 * single_rate * cpu[name] / 1e6
+        print(
+            f"cores the cluster ({label}) would need at 0.5 x single"
+            f" ({0.5 * single_rate:.0f} appends/s): {needed:.2f}"
+            f" ({cpu[name] / cpu['single']:.1f} x the single node's CPU per append)"
+        )
 
 
 def main() -> None:
@@ -200,13 +236,24 @@ def main() -> None:
                     time.sleep(1)
                     if setup == "single":
                         runs["single"].append(
-                            run_wrk(single_port, append_pct=100, prefix="bench", **wrk_args)
+                            with_cpu(
+                                pids,
+                                lambda: run_wrk(
+                                    single_port, append_pct=100, prefix="bench", **wrk_args
+                                ),
+                            )
                         )
                     else:
                         runs["one"].append(
-                            run_wrk(ports[0], append_pct=100, prefix="bench", **wrk_args)
+                            with_cpu(
+                                pids,
+                                lambda: run_wrk(
+                                    ports[0], append_pct=100, prefix="bench", **wrk_args
+                                ),
+                            )
                         )
-                        runs["spread"].append(spread_wrk(ports, **wrk_args))
+                        runs["spread"].append(with_cpu(pids, lambda: spread_wrk(
+                            ports, **wrk_args)))  # fmt: skip
                     _signal_all(pids, signal.SIGSTOP)
                 print(f"round {round_no + 1}/{args.rounds}: " + "  ".join(
                     f"{name} {results[-1]['appends_per_s']:.0f}/s"
@@ -226,6 +273,7 @@ def main() -> None:
                     f" {statistics.median(per_round):.2f}"
                     f" (rounds {min(per_round):.2f}-{max(per_round):.2f})"
                 )
+            print_cpu_budget(runs)
             os.kill(single_pid, signal.SIGCONT)  # to stop it cleanly at the end
             window, failures, victim = asyncio.run(
                 failover_window(cluster, writers=args.failover_writers)
