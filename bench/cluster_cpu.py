@@ -136,12 +136,9 @@ def measure(cluster: LocalCluster, mode: str, ids_file: Path, seconds: int) -> N
     for i, node in enumerate(cluster.nodes):
         total = after_all[i] - before_all[i]
         loop = after_main[i] - before_main[i]
-        per_append = {
-            name: (after_counters[i][name] - before_counters[i][name]) / appends
-            for name in COUNTERS
-        }
         delta = {name: after_counters[i][name] - before_counters[i][name]
                  for name in after_counters[i]}  # fmt: skip
+        per_append = {name: delta[name] / appends for name in COUNTERS}
         means = [f"{name} {delta[f'{name} sum'] / delta[f'{name} count'] * 1e3:.1f} ms"
                  for name in TIMERS if delta[f"{name} count"]]  # fmt: skip
         print(f"  {node.name}: {total / appends * 1e6:4.0f} us CPU/append;"
