@@ -252,8 +252,7 @@ def main() -> None:
                                 ),
                             )
                         )
-                        runs["spread"].append(with_cpu(pids, lambda: spread_wrk(
-                            ports, **wrk_args)))  # fmt: skip
+                        runs["spread"].append(with_cpu(pids, lambda: spread_wrk(ports, **wrk_args)))
                     _signal_all(pids, signal.SIGSTOP)
                 print(f"round {round_no + 1}/{args.rounds}: " + "  ".join(
                     f"{name} {results[-1]['appends_per_s']:.0f}/s"
